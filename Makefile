@@ -1,0 +1,35 @@
+# fedjaxscale: the two commands of the README, plus benchmarks.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Tests run on the CPU with small shapes; multi-device tests force host devices themselves.
+TEST_ENV := JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(PY) -m fedjaxscale.demo
+
+test: install-test
+	$(TEST_ENV) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/engine.py
+	$(PY) benchmarks/scheduler.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

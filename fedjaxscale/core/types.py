@@ -1,0 +1,12 @@
+"""Typing aliases shared by every layer."""
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+Params = Any  # A pytree of arrays: a model's parameters.
+PyTree = Any
+PRNGKey = jax.Array
+Array = jax.Array | np.ndarray
+Batch = Mapping[str, Array]  # Feature name -> array with a leading example axis.
