@@ -1,0 +1,81 @@
+"""Models used by the benchmarks this project reproduces.
+
+Images may arrive as uint8 (as converters store them): networks scale them to [0, 1] themselves,
+so normalisation runs on the device inside the compiled program, never per round in Python.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from fedjaxscale.models.model import Model, from_linen
+
+
+def _as_float(x):
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return x.astype(jnp.float32) / 255.0
+  return x.astype(jnp.float32)
+
+
+class _Dense(nn.Module):
+  hidden: Sequence[int]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = _as_float(x).reshape((x.shape[0], -1))
+    for width in self.hidden:
+      x = nn.relu(nn.Dense(width)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+def logistic_regression(num_features: int, num_classes: int) -> Model:
+  """Multinomial logistic regression (the FedProx paper's model for its Synthetic data)."""
+  return from_linen(_Dense((), num_classes), {"x": np.zeros((1, num_features), np.float32)},
+                    num_classes=num_classes, name="logistic_regression")
+
+
+def mlp(num_features: int, num_classes: int, hidden: Sequence[int] = (200, 200)) -> Model:
+  """A ReLU multi-layer perceptron (McMahan et al. 2017's 2NN uses hidden=(200, 200))."""
+  return from_linen(_Dense(tuple(hidden), num_classes), {"x": np.zeros((1, num_features), np.float32)},
+                    num_classes=num_classes, name="mlp")
+
+
+class FemnistCNN(nn.Module):
+  """The LEAF / Reddi et al. EMNIST CNN: conv5x5(32)-pool-conv5x5(64)-pool-dense(2048)-dense."""
+
+  num_classes: int = 62
+  dense: int = 2048
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = _as_float(x)
+    if x.ndim == 3:  # [batch, 28, 28] -> add the channel axis
+      x = x[..., None]
+    x = nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.dense)(x))
+    return nn.Dense(self.num_classes)(x)
+
+
+def femnist_cnn(num_classes: int = 62, dense: int = 2048) -> Model:
+  """The FEMNIST CNN of LEAF (Caldas et al. 2018) as used by Reddi et al. (ICLR 2021) for EMNIST.
+
+  Inputs ``x``: ``[batch, 28, 28]`` or ``[batch, 28, 28, 1]``, uint8 or float in [0, 1].
+  """
+  return from_linen(FemnistCNN(num_classes, dense), {"x": np.zeros((1, 28, 28, 1), np.float32)},
+                    num_classes=num_classes, name="femnist_cnn")
+
+
+def femnist_cnn_flops_per_example(dense: int = 2048, num_classes: int = 62) -> int:
+  """Forward multiply-add FLOPs (x2) of ``femnist_cnn`` for one 28x28 example."""
+  conv1 = 28 * 28 * 32 * 5 * 5 * 1 * 2
+  conv2 = 14 * 14 * 64 * 5 * 5 * 32 * 2
+  dense1 = 7 * 7 * 64 * dense * 2
+  dense2 = dense * num_classes * 2
+  return conv1 + conv2 + dense1 + dense2
