@@ -1,0 +1,104 @@
+"""What every algorithm returns, and the round driver they share.
+
+An algorithm is a factory that closes over its hyperparameters and returns
+``Algorithm(init, apply)``; ``apply`` maps the algorithm's per-client update over the cohort with
+the engine, then runs its server update once on the weighted mean of the client updates.
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjaxscale.core.cohort import Cohort
+from fedjaxscale.core.tree import tree_where
+from fedjaxscale.core.types import Params, PRNGKey
+from fedjaxscale.engine.executor import Aggregate, ClientFn, Engine
+
+
+class ServerState(NamedTuple):
+  """The server's state: ``params`` is the global model.
+
+  Attributes:
+    params: the global model.
+    opt_state: the server optimizer's state.
+    round: int32 scalar, rounds applied so far.
+  """
+
+  params: Params
+  opt_state: optax.OptState
+  round: jax.Array
+
+
+class Shared(NamedTuple):
+  """What the server broadcasts to every client of a round."""
+
+  params: Params
+  round: jax.Array
+
+
+class Algorithm(NamedTuple):
+  """A federated algorithm as pure functions.
+
+  Attributes:
+    init: ``params -> ServerState``.
+    apply: ``(server_state, cohort, rng) -> (server_state, diagnostics)``.
+    client_fn: the per-client update the engine maps over a cohort.
+    server_update: ``(server_state, Aggregate) -> server_state`` (jitted).
+    engine: the engine ``apply`` runs the cohort on.
+  """
+
+  init: Callable[[Params], ServerState]
+  apply: Callable[[ServerState, Cohort, PRNGKey], tuple[ServerState, dict[str, Any]]]
+  client_fn: ClientFn
+  server_update: Callable[[ServerState, Aggregate], ServerState]
+  engine: Engine
+
+
+def build_algorithm(client_fn: ClientFn, server_optimizer: optax.GradientTransformation,
+                    engine: Engine | None = None) -> Algorithm:
+  """Assembles ``Algorithm`` from a per-client update and a server optimizer.
+
+  The server treats the weighted mean client update as a (pseudo-)gradient and takes one
+  ``server_optimizer`` step with it. A round where no client update is usable (all non-finite,
+  or all weights zero) leaves the parameters and optimizer state unchanged.
+  """
+  engine = engine if engine is not None else Engine()
+
+  def init(params: Params) -> ServerState:
+    params = jax.tree.map(jnp.asarray, params)
+    return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+
+  @jax.jit
+  def server_update(state: ServerState, aggregate: Aggregate) -> ServerState:
+    usable = aggregate.weight_sum > 0
+    denom = jnp.where(usable, aggregate.weight_sum, 1.0)
+    pseudo_grad = jax.tree.map(lambda s: s / denom.astype(s.dtype), aggregate.update_sum)
+    updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return ServerState(tree_where(usable, params, state.params), tree_where(usable, opt_state, state.opt_state),
+                       state.round + 1)
+
+  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
+    before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
+    aggregate, per_client = engine.run(client_fn, Shared(state.params, state.round), cohort, rng)
+    new_state = server_update(state, aggregate)
+    weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+    computed = engine.stats.computed_example_steps - before["computed"]
+    real = engine.stats.real_example_steps - before["real"]
+    diagnostics = {
+        "num_clients": cohort.num_clients,
+        "num_nonfinite": int(num_nonfinite),
+        "weight_sum": float(weight_sum),
+        "padding_efficiency": real / computed if computed else 1.0,
+        **{f"client_{k}": v for k, v in per_client.items()},
+    }
+    if "loss" in per_client and "examples_trained" in per_client:
+      ok = ~per_client["nonfinite"]
+      trained = per_client["examples_trained"][ok]
+      diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
+    return new_state, diagnostics
+
+  return Algorithm(init, apply, client_fn, server_update, engine)

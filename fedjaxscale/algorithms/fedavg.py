@@ -1,0 +1,132 @@
+"""Federated Averaging.
+
+Communication-Efficient Learning of Deep Networks from Decentralized Data.
+H. Brendan McMahan, Eider Moore, Daniel Ramage, Seth Hampson, Blaise Agüera y Arcas. AISTATS 2017.
+arXiv:1602.05629.
+
+Each round, every client k starts from the global model x, runs its local steps with the client
+optimizer and returns Delta_k = x - x_k. The server forms the weighted mean
+Delta = sum_k w_k Delta_k / sum_k w_k (w_k = n_k, the client's number of examples, or 1) and takes
+one step of the server optimizer with Delta as the gradient. With ``optax.sgd(1.0)`` on the
+server this is plain model averaging: x <- sum_k w_k x_k / sum_k w_k.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedjaxscale.algorithms.base import Algorithm, Shared, build_algorithm
+from fedjaxscale.core.tree import tree_sq_norm, tree_sub, tree_where
+from fedjaxscale.engine.executor import ClientFn, ClientInput, ClientOutput, Engine
+from fedjaxscale.models.model import Model
+
+WEIGHTINGS = ("num_examples", "uniform")
+
+
+def local_training(
+    model: Model,
+    client_optimizer: optax.GradientTransformation,
+    *,
+    proximal_mu: float = 0.0,
+    weighting: str = "num_examples",
+    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+) -> ClientFn:
+  """The per-client update of FedAvg and its relatives.
+
+  Runs one optimizer step per cohort step (a ``lax.scan``); a step whose batch holds no real
+  example leaves parameters and optimizer state untouched, which is how shorter local work
+  (ragged epochs, stragglers' partial work) is expressed.
+
+  Args:
+    model: the model.
+    client_optimizer: optax transformation, re-initialised at the start of every round.
+    proximal_mu: adds ``mu / 2 * ||w - x||^2`` to the local loss (FedProx); 0 for FedAvg.
+    weighting: ``'num_examples'`` (w_k = n_k) or ``'uniform'`` (w_k = 1).
+    client_lr_schedule: optional ``round -> scale`` (e.g. an optax schedule); the client's update
+      at round r is multiplied by it, so a schedule can decay the client learning rate over
+      rounds although the optimizer restarts every round.
+
+  Returns:
+    ``client_fn(shared, client, rng) -> ClientOutput`` with metrics ``loss`` (mean per-example
+    training loss over the local steps), ``loss_sq`` (mean squared per-example loss, Oort's
+    statistical utility input), ``examples_trained`` and ``steps``.
+  """
+  if weighting not in WEIGHTINGS:
+    raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+  if proximal_mu < 0:
+    raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
+
+  def client_fn(shared: Shared, client: ClientInput, rng: jax.Array) -> ClientOutput:
+    global_params = shared.params
+    optimizer = client_optimizer
+    if client_lr_schedule is not None:
+      optimizer = optax.chain(client_optimizer, optax.scale(client_lr_schedule(shared.round)))
+
+    def loss_fn(params, batch, mask, key):
+      loss, per_example = model.loss(params, batch, mask, key)
+      if proximal_mu:
+        loss = loss + 0.5 * proximal_mu * tree_sq_norm(tree_sub(params, global_params))
+      return loss, per_example
+
+    def step(carry, xs):
+      params, opt_state = carry
+      batch, mask, key = xs
+      (_, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mask, key)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      real = jnp.any(mask)
+      carry = (tree_where(real, new_params, params), tree_where(real, new_opt_state, opt_state))
+      n = mask.sum().astype(jnp.float32)
+      return carry, (per_example.sum(), jnp.square(per_example).sum(), n, real.astype(jnp.float32))
+
+    keys = jax.random.split(rng, client.mask.shape[0])
+    init = (global_params, optimizer.init(global_params))
+    (params, _), (loss_sum, loss_sq_sum, counts, steps) = jax.lax.scan(step, init, (client.batch, client.mask, keys))
+    n = counts.sum()
+    metrics = {
+        "loss": loss_sum.sum() / jnp.maximum(n, 1.0),
+        "loss_sq": loss_sq_sum.sum() / jnp.maximum(n, 1.0),
+        "examples_trained": n,
+        "steps": steps.sum(),
+    }
+    if weighting == "num_examples":
+      weight = client.num_examples.astype(jnp.float32)
+    else:
+      weight = (client.num_examples > 0).astype(jnp.float32)
+    return ClientOutput(tree_sub(global_params, params), weight, metrics)
+
+  return client_fn
+
+
+def fedavg(
+    model: Model,
+    client_optimizer: optax.GradientTransformation,
+    server_optimizer: optax.GradientTransformation | None = None,
+    *,
+    weighting: str = "num_examples",
+    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    engine: Engine | None = None,
+) -> Algorithm:
+  """Federated Averaging (McMahan et al. 2017).
+
+  Args:
+    model: the model trained.
+    client_optimizer: e.g. ``optax.sgd(0.05)``.
+    server_optimizer: applied to the weighted mean delta; default ``optax.sgd(1.0)`` (averaging).
+    weighting: ``'num_examples'`` (default, as the paper) or ``'uniform'`` (FedScale's mean).
+    client_lr_schedule: optional ``round -> multiplier`` of the client's steps.
+    engine: where cohorts run; default ``Engine()`` (``vmap`` over every device).
+
+  Returns:
+    ``Algorithm(init, apply, ...)``.
+
+  Example::
+
+    algorithm = fedavg(models.logistic_regression(60, 10), optax.sgd(0.1))
+    state = algorithm.init(model.init(jax.random.key(0)))
+    state, diagnostics = algorithm.apply(state, cohort, jax.random.key(1))
+  """
+  client_fn = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
+  return build_algorithm(client_fn, server_optimizer or optax.sgd(1.0), engine)
