@@ -15,7 +15,7 @@ import optax
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.tree import tree_where
 from fedjaxscale.core.types import Params, PRNGKey
-from fedjaxscale.engine.executor import Aggregate, ClientFn, Engine
+from fedjaxscale.engine.executor import Aggregate, ClientProgram, Engine
 
 
 class ServerState(NamedTuple):
@@ -45,21 +45,21 @@ class Algorithm(NamedTuple):
   Attributes:
     init: ``params -> ServerState``.
     apply: ``(server_state, cohort, rng) -> (server_state, diagnostics)``.
-    client_fn: the per-client update the engine maps over a cohort.
+    client_program: the clients' local work, which the engine maps over a cohort.
     server_update: ``(server_state, Aggregate) -> server_state`` (jitted).
     engine: the engine ``apply`` runs the cohort on.
   """
 
   init: Callable[[Params], ServerState]
   apply: Callable[[ServerState, Cohort, PRNGKey], tuple[ServerState, dict[str, Any]]]
-  client_fn: ClientFn
+  client_program: ClientProgram
   server_update: Callable[[ServerState, Aggregate], ServerState]
   engine: Engine
 
 
-def build_algorithm(client_fn: ClientFn, server_optimizer: optax.GradientTransformation,
+def build_algorithm(client_program: ClientProgram, server_optimizer: optax.GradientTransformation,
                     engine: Engine | None = None) -> Algorithm:
-  """Assembles ``Algorithm`` from a per-client update and a server optimizer.
+  """Assembles ``Algorithm`` from the clients' local work and a server optimizer.
 
   The server treats the weighted mean client update as a (pseudo-)gradient and takes one
   ``server_optimizer`` step with it. A round where no client update is usable (all non-finite,
@@ -69,7 +69,10 @@ def build_algorithm(client_fn: ClientFn, server_optimizer: optax.GradientTransfo
 
   def init(params: Params) -> ServerState:
     params = jax.tree.map(jnp.asarray, params)
-    return ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+    state = ServerState(params, server_optimizer.init(params), jnp.zeros((), jnp.int32))
+    # Place the state where every later round's state lives (replicated over the engine's mesh),
+    # so the server update compiles once, not once for the first round and again after.
+    return engine.place_replicated(state)
 
   @jax.jit
   def server_update(state: ServerState, aggregate: Aggregate) -> ServerState:
@@ -83,7 +86,7 @@ def build_algorithm(client_fn: ClientFn, server_optimizer: optax.GradientTransfo
 
   def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
     before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
-    aggregate, per_client = engine.run(client_fn, Shared(state.params, state.round), cohort, rng)
+    aggregate, per_client = engine.run(client_program, Shared(state.params, state.round), cohort, rng)
     new_state = server_update(state, aggregate)
     weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
     computed = engine.stats.computed_example_steps - before["computed"]
@@ -101,4 +104,4 @@ def build_algorithm(client_fn: ClientFn, server_optimizer: optax.GradientTransfo
       diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
     return new_state, diagnostics
 
-  return Algorithm(init, apply, client_fn, server_update, engine)
+  return Algorithm(init, apply, client_program, server_update, engine)

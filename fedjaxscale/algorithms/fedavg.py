@@ -11,7 +11,7 @@ one step of the server optimizer with Delta as the gradient. With ``optax.sgd(1.
 server this is plain model averaging: x <- sum_k w_k x_k / sum_k w_k.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,22 @@ import optax
 
 from fedjaxscale.algorithms.base import Algorithm, Shared, build_algorithm
 from fedjaxscale.core.tree import tree_sq_norm, tree_sub, tree_where
-from fedjaxscale.engine.executor import ClientFn, ClientInput, ClientOutput, Engine
+from fedjaxscale.core.types import Params
+from fedjaxscale.engine.executor import ClientOutput, ClientProgram, Engine
 from fedjaxscale.models.model import Model
 
 WEIGHTINGS = ("num_examples", "uniform")
+
+
+class LocalState(NamedTuple):
+  """A client's state during local training."""
+
+  params: Params
+  opt_state: optax.OptState
+  loss_sum: jax.Array
+  loss_sq_sum: jax.Array
+  examples: jax.Array
+  steps: jax.Array
 
 
 def local_training(
@@ -32,7 +44,7 @@ def local_training(
     proximal_mu: float = 0.0,
     weighting: str = "num_examples",
     client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-) -> ClientFn:
+) -> ClientProgram:
   """The per-client update of FedAvg and its relatives.
 
   Runs one optimizer step per cohort step (a ``lax.scan``); a step whose batch holds no real
@@ -49,7 +61,7 @@ def local_training(
       rounds although the optimizer restarts every round.
 
   Returns:
-    ``client_fn(shared, client, rng) -> ClientOutput`` with metrics ``loss`` (mean per-example
+    A ``ClientProgram`` whose ``finish`` reports the delta ``x - x_k`` and metrics ``loss`` (mean per-example
     training loss over the local steps), ``loss_sq`` (mean squared per-example loss, Oort's
     statistical utility input), ``examples_trained`` and ``steps``.
   """
@@ -58,46 +70,47 @@ def local_training(
   if proximal_mu < 0:
     raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
 
-  def client_fn(shared: Shared, client: ClientInput, rng: jax.Array) -> ClientOutput:
-    global_params = shared.params
-    optimizer = client_optimizer
-    if client_lr_schedule is not None:
-      optimizer = optax.chain(client_optimizer, optax.scale(client_lr_schedule(shared.round)))
+  def optimizer_at(round_):
+    if client_lr_schedule is None:
+      return client_optimizer
+    return optax.chain(client_optimizer, optax.scale(client_lr_schedule(round_)))
 
-    def loss_fn(params, batch, mask, key):
-      loss, per_example = model.loss(params, batch, mask, key)
-      if proximal_mu:
-        loss = loss + 0.5 * proximal_mu * tree_sq_norm(tree_sub(params, global_params))
-      return loss, per_example
+  def init(shared: Shared, rng: jax.Array) -> LocalState:
+    del rng
+    zero = jnp.zeros((), jnp.float32)
+    return LocalState(shared.params, optimizer_at(shared.round).init(shared.params), zero, zero, zero, zero)
 
-    def step(carry, xs):
-      params, opt_state = carry
-      batch, mask, key = xs
-      (_, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, mask, key)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      real = jnp.any(mask)
-      carry = (tree_where(real, new_params, params), tree_where(real, new_opt_state, opt_state))
-      n = mask.sum().astype(jnp.float32)
-      return carry, (per_example.sum(), jnp.square(per_example).sum(), n, real.astype(jnp.float32))
+  def loss_fn(params, global_params, batch, mask, key):
+    loss, per_example = model.loss(params, batch, mask, key)
+    if proximal_mu:
+      loss = loss + 0.5 * proximal_mu * tree_sq_norm(tree_sub(params, global_params))
+    return loss, per_example
 
-    keys = jax.random.split(rng, client.mask.shape[0])
-    init = (global_params, optimizer.init(global_params))
-    (params, _), (loss_sum, loss_sq_sum, counts, steps) = jax.lax.scan(step, init, (client.batch, client.mask, keys))
-    n = counts.sum()
-    metrics = {
-        "loss": loss_sum.sum() / jnp.maximum(n, 1.0),
-        "loss_sq": loss_sq_sum.sum() / jnp.maximum(n, 1.0),
-        "examples_trained": n,
-        "steps": steps.sum(),
-    }
+  def step(shared: Shared, state: LocalState, batch, mask, rng: jax.Array) -> LocalState:
+    (_, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, shared.params, batch, mask, rng)
+    updates, opt_state = optimizer_at(shared.round).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    real = jnp.any(mask)
+    return LocalState(
+        params=tree_where(real, params, state.params),
+        opt_state=tree_where(real, opt_state, state.opt_state),
+        loss_sum=state.loss_sum + per_example.sum(),
+        loss_sq_sum=state.loss_sq_sum + jnp.square(per_example).sum(),
+        examples=state.examples + mask.sum().astype(jnp.float32),
+        steps=state.steps + real.astype(jnp.float32),
+    )
+
+  def finish(shared: Shared, state: LocalState, num_examples: jax.Array) -> ClientOutput:
+    n = jnp.maximum(state.examples, 1.0)
+    metrics = {"loss": state.loss_sum / n, "loss_sq": state.loss_sq_sum / n, "examples_trained": state.examples,
+               "steps": state.steps}
     if weighting == "num_examples":
-      weight = client.num_examples.astype(jnp.float32)
+      weight = num_examples.astype(jnp.float32)
     else:
-      weight = (client.num_examples > 0).astype(jnp.float32)
-    return ClientOutput(tree_sub(global_params, params), weight, metrics)
+      weight = (num_examples > 0).astype(jnp.float32)
+    return ClientOutput(tree_sub(shared.params, state.params), weight, metrics)
 
-  return client_fn
+  return ClientProgram(init, step, finish)
 
 
 def fedavg(
@@ -128,5 +141,5 @@ def fedavg(
     state = algorithm.init(model.init(jax.random.key(0)))
     state, diagnostics = algorithm.apply(state, cohort, jax.random.key(1))
   """
-  client_fn = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
-  return build_algorithm(client_fn, server_optimizer or optax.sgd(1.0), engine)
+  program = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
+  return build_algorithm(program, server_optimizer or optax.sgd(1.0), engine)

@@ -99,5 +99,5 @@ def fedopt(
     engine: Engine | None = None,
 ) -> Algorithm:
   """FedAvg's clients with Reddi et al.'s adaptive server rule ``rule``."""
-  client_fn = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
-  return build_algorithm(client_fn, fedopt_server(rule, server_lr, beta1, beta2, tau, initial_v), engine)
+  program = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
+  return build_algorithm(program, fedopt_server(rule, server_lr, beta1, beta2, tau, initial_v), engine)

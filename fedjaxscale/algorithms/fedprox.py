@@ -44,6 +44,6 @@ def fedprox(
   Returns:
     ``Algorithm(init, apply, ...)``.
   """
-  client_fn = local_training(model, client_optimizer, proximal_mu=mu, weighting=weighting,
+  program = local_training(model, client_optimizer, proximal_mu=mu, weighting=weighting,
                              client_lr_schedule=client_lr_schedule)
-  return build_algorithm(client_fn, server_optimizer or optax.sgd(1.0), engine)
+  return build_algorithm(program, server_optimizer or optax.sgd(1.0), engine)

@@ -1,9 +1,11 @@
 """The cohort: a round's local-training inputs as fixed-shape host arrays.
 
-A cohort is a tuple of *parts*. Each part holds clients that run the same number of local steps
-(``[clients, steps, batch, ...]``); fixed-``local_steps`` cohorts have one part, ragged
-``local_epochs`` cohorts have one part per step bucket so padding stays small. The engine pads
-each part's client axis to a bucket size (a multiple of the device count) and runs it.
+A cohort part is a block of *lanes* ``[lanes, steps, batch, ...]``. A lane is a sequence of local
+steps that belong to one client, or, when clients are packed, to several clients one after the
+other: ``owner[lane, step]`` names the client (its position in the cohort) each step belongs to.
+Packing short clients into shared lanes is how ragged local work (local epochs over clients of
+very different sizes) keeps padding small with a single compiled shape; when each lane holds one
+client, the engine takes a cheaper path.
 
 Arrays here are NumPy, on the host: the engine owns every transfer to the devices.
 """
@@ -15,33 +17,27 @@ import numpy as np
 
 from fedjaxscale.core.buckets import bucket_size
 
+IDLE = -1  # owner of a step that belongs to no client
+
 
 @dataclasses.dataclass(frozen=True)
 class CohortPart:
-  """Clients that share one ``[steps, batch]`` shape.
+  """Lanes that share one ``[steps, batch]`` shape.
 
   Attributes:
-    batch: feature name -> array ``[clients, steps, batch, ...]``.
-    mask: bool ``[clients, steps, batch]``; True where the slot holds a real example. A step with
-      no real example is skipped (no optimizer update), which is how a client's shorter local
-      work is expressed.
-    num_examples: float32 ``[clients]``; the client's number of training examples (the FedAvg
-      weight n_k). Zero marks a padding client.
-    weight: float32 ``[clients]``; an extra aggregation multiplier (1 by default, the staleness
-      discount in asynchronous rounds, 0 for padding).
-    position: int32 ``[clients]``; the client's index in the cohort's client list (-1 for padding).
-      Per-client randomness is ``fold_in(rng, position)``, so it does not depend on padding or
-      on which part a client lands in.
+    batch: feature name -> array ``[lanes, steps, batch, ...]``.
+    mask: bool ``[lanes, steps, batch]``; True where the slot holds a real example. A step with no
+      real example changes nothing (no optimizer update).
+    owner: int32 ``[lanes, steps]``; the cohort position of the client the step belongs to, or
+      ``IDLE``. A client's steps are contiguous within one lane.
   """
 
   batch: Mapping[str, np.ndarray]
   mask: np.ndarray
-  num_examples: np.ndarray
-  weight: np.ndarray
-  position: np.ndarray
+  owner: np.ndarray
 
   @property
-  def num_clients(self) -> int:
+  def num_lanes(self) -> int:
     return int(self.mask.shape[0])
 
   @property
@@ -52,100 +48,182 @@ class CohortPart:
   def batch_size(self) -> int:
     return int(self.mask.shape[2])
 
-  def pad_clients(self, num_clients: int) -> "CohortPart":
-    """Appends padding clients (mask False, weight 0, position -1) up to ``num_clients``."""
-    extra = num_clients - self.num_clients
+  @property
+  def packed(self) -> bool:
+    """True when some lane holds more than one client (a client then idle steps is not packed)."""
+    o = self.owner
+    changes = (o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)
+    return bool(np.any(changes))
+
+  def boundaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step ``(start, end, local_step)``: a client's first step, its last, and the step's index
+    within the client's own local work."""
+    o = self.owner
+    start = np.ones_like(o, dtype=bool)
+    start[:, 1:] = o[:, 1:] != o[:, :-1]
+    end = np.ones_like(o, dtype=bool)
+    end[:, :-1] = o[:, 1:] != o[:, :-1]
+    steps = np.arange(o.shape[1], dtype=np.int32)[None, :]
+    first = np.maximum.accumulate(np.where(start, steps, 0), axis=1)
+    return start, end, (steps - first).astype(np.int32)
+
+  def pad_lanes(self, num_lanes: int) -> "CohortPart":
+    """Appends idle lanes (mask False, owner ``IDLE``) up to ``num_lanes``."""
+    extra = num_lanes - self.num_lanes
     if extra < 0:
-      raise ValueError(f"cannot pad {self.num_clients} clients down to {num_clients}")
+      raise ValueError(f"cannot pad {self.num_lanes} lanes down to {num_lanes}")
     if extra == 0:
       return self
 
     def pad(x, value=0):
-      widths = [(0, extra)] + [(0, 0)] * (x.ndim - 1)
-      return np.pad(x, widths, constant_values=value)
+      return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
-    return CohortPart(
-        batch={k: pad(v) for k, v in self.batch.items()},
-        mask=pad(self.mask, False),
-        num_examples=pad(self.num_examples),
-        weight=pad(self.weight),
-        position=pad(self.position, -1),
-    )
+    return CohortPart({k: pad(v) for k, v in self.batch.items()}, pad(self.mask, False), pad(self.owner, IDLE))
 
-  def slice_clients(self, start: int, stop: int) -> "CohortPart":
-    return CohortPart(
-        batch={k: v[start:stop] for k, v in self.batch.items()},
-        mask=self.mask[start:stop],
-        num_examples=self.num_examples[start:stop],
-        weight=self.weight[start:stop],
-        position=self.position[start:stop],
-    )
+  def slice_lanes(self, start: int, stop: int) -> "CohortPart":
+    return CohortPart({k: v[start:stop] for k, v in self.batch.items()}, self.mask[start:stop],
+                      self.owner[start:stop])
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortPart:
+  """Lanes that share one ``[steps, batch]`` shape.
+
+  Attributes:
+    batch: feature name -> array ``[lanes, steps, batch, ...]``.
+    mask: bool ``[lanes, steps, batch]``; True where the slot holds a real example. A step with no
+      real example changes nothing (no optimizer update).
+    owner: int32 ``[lanes, steps]``; the cohort position of the client the step belongs to, or
+      ``IDLE``. A client's steps are contiguous within one lane.
+  """
+
+  batch: Mapping[str, np.ndarray]
+  mask: np.ndarray
+  owner: np.ndarray
+
+  @property
+  def num_lanes(self) -> int:
+    return int(self.mask.shape[0])
+
+  @property
+  def num_steps(self) -> int:
+    return int(self.mask.shape[1])
+
+  @property
+  def batch_size(self) -> int:
+    return int(self.mask.shape[2])
+
+  @property
+  def packed(self) -> bool:
+    """True when some lane holds more than one client (a client then idle steps is not packed)."""
+    o = self.owner
+    changes = (o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)
+    return bool(np.any(changes))
+
+  def boundaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-step ``(start, end, local_step)``: a client's first step, its last, and the step's index
+    within the client's own local work."""
+    o = self.owner
+    start = np.ones_like(o, dtype=bool)
+    start[:, 1:] = o[:, 1:] != o[:, :-1]
+    end = np.ones_like(o, dtype=bool)
+    end[:, :-1] = o[:, 1:] != o[:, :-1]
+    steps = np.arange(o.shape[1], dtype=np.int32)[None, :]
+    first = np.maximum.accumulate(np.where(start, steps, 0), axis=1)
+    return start, end, (steps - first).astype(np.int32)
+
+  def pad_lanes(self, num_lanes: int) -> "CohortPart":
+    """Appends idle lanes (mask False, owner ``IDLE``) up to ``num_lanes``."""
+    extra = num_lanes - self.num_lanes
+    if extra < 0:
+      raise ValueError(f"cannot pad {self.num_lanes} lanes down to {num_lanes}")
+    if extra == 0:
+      return self
+
+    def pad(x, value=0):
+      return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+    return CohortPart({k: pad(v) for k, v in self.batch.items()}, pad(self.mask, False), pad(self.owner, IDLE))
+
+  def slice_lanes(self, start: int, stop: int) -> "CohortPart":
+    return CohortPart({k: v[start:stop] for k, v in self.batch.items()}, self.mask[start:stop],
+                      self.owner[start:stop])
+
+  def client_steps(self, position: int) -> tuple[int, int, int]:
+    """``(lane, first_step, stop_step)`` of one client's local work in this part."""
+    lanes, steps = np.nonzero(self.owner == position)
+    if len(lanes) == 0:
+      raise KeyError(position)
+    return int(lanes[0]), int(steps.min()), int(steps.max()) + 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Cohort:
-  """A round's cohort: its parts and the ids of its clients in order.
+  """A round's cohort.
 
   Attributes:
-    parts: the fixed-shape parts; every client of ``client_ids`` is in exactly one.
-    client_ids: the clients in cohort order (``position`` indexes this).
+    parts: the fixed-shape parts; each client's steps lie in exactly one lane of one part.
+    client_ids: the clients in cohort order (``owner`` indexes this).
+    num_examples: float32 ``[clients]``; each client's training-set size (the FedAvg n_k).
+    weights: float32 ``[clients]``; extra aggregation multipliers (1 by default; the staleness
+      discount in asynchronous rounds).
   """
 
   parts: tuple[CohortPart, ...]
   client_ids: np.ndarray
+  num_examples: np.ndarray
+  weights: np.ndarray
 
   def __post_init__(self):
-    positions = np.concatenate([p.position[p.position >= 0] for p in self.parts]) if self.parts else np.zeros(0, np.int32)
-    if sorted(positions.tolist()) != list(range(len(self.client_ids))):
-      raise ValueError(
-          f"cohort parts cover positions {sorted(positions.tolist())[:10]}..., expected each of "
-          f"0..{len(self.client_ids) - 1} exactly once")
+    n = len(self.client_ids)
+    if self.num_examples.shape != (n,) or self.weights.shape != (n,):
+      raise ValueError(f"a cohort of {n} clients needs num_examples and weights of shape ({n},), got "
+                       f"{self.num_examples.shape} and {self.weights.shape}")
+    seen = np.zeros(n, np.int64)
+    for p in self.parts:
+      owners = p.owner[p.owner != IDLE]
+      if len(owners) and (owners.min() < 0 or owners.max() >= n):
+        raise ValueError(f"cohort part names client positions outside 0..{n - 1}")
+      start, _, _ = p.boundaries()
+      np.add.at(seen, p.owner[start & (p.owner != IDLE)], 1)
+    if not np.all(seen == 1):
+      bad = np.flatnonzero(seen != 1)[:5].tolist()
+      raise ValueError(f"every client must own exactly one run of steps in one lane; positions {bad} do not")
 
   @property
   def num_clients(self) -> int:
     return len(self.client_ids)
 
   @property
-  def num_examples(self) -> np.ndarray:
-    """Per-client training-set sizes, in cohort order."""
-    out = np.zeros(self.num_clients, np.float32)
-    for p in self.parts:
-      real = p.position >= 0
-      out[p.position[real]] = p.num_examples[real]
-    return out
-
-  @property
   def real_example_steps(self) -> int:
     return int(sum(int(p.mask.sum()) for p in self.parts))
 
-  def computed_example_steps(self, client_multiple: int = 1, max_clients_per_chunk: int | None = None) -> int:
-    """Example slots the engine computes once each part's client axis is padded to its bucket."""
-    total = 0
-    for p in self.parts:
-      total += padded_num_clients(p.num_clients, client_multiple, max_clients_per_chunk) * p.num_steps * p.batch_size
-    return total
+  def computed_example_steps(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> int:
+    """Example slots the engine computes once each part's lanes are padded to their bucket."""
+    return sum(padded_num_lanes(p.num_lanes, lane_multiple, max_lanes_per_chunk) * p.num_steps * p.batch_size
+               for p in self.parts)
 
-  def padding_efficiency(self, client_multiple: int = 1, max_clients_per_chunk: int | None = None) -> float:
+  def padding_efficiency(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> float:
     """Real example-steps / computed example-steps (1.0 means no padding at all)."""
-    computed = self.computed_example_steps(client_multiple, max_clients_per_chunk)
+    computed = self.computed_example_steps(lane_multiple, max_lanes_per_chunk)
     return self.real_example_steps / computed if computed else 1.0
 
 
-def chunk_sizes(num_clients: int, client_multiple: int = 1, max_clients_per_chunk: int | None = None) -> list[int]:
-  """The padded sizes of the chunks a part of ``num_clients`` clients runs as.
+def chunk_sizes(num_lanes: int, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> list[int]:
+  """The padded sizes of the chunks a part of ``num_lanes`` lanes runs as.
 
-  Full chunks have ``max_clients_per_chunk`` clients (rounded down to the device multiple); the
+  Full chunks have ``max_lanes_per_chunk`` lanes (rounded down to the device multiple); the
   remainder is padded to its bucket size, so a run sees at most two chunk shapes per part shape.
   """
-  if max_clients_per_chunk is None or num_clients <= max_clients_per_chunk:
-    return [bucket_size(num_clients, client_multiple)]
-  chunk = max(client_multiple, max_clients_per_chunk // client_multiple * client_multiple)
-  full, rest = divmod(num_clients, chunk)
+  if max_lanes_per_chunk is None or num_lanes <= max_lanes_per_chunk:
+    return [bucket_size(num_lanes, lane_multiple)]
+  chunk = max(lane_multiple, max_lanes_per_chunk // lane_multiple * lane_multiple)
+  full, rest = divmod(num_lanes, chunk)
   sizes = [chunk] * full
   if rest:
-    sizes.append(min(chunk, bucket_size(rest, client_multiple)))
+    sizes.append(min(chunk, bucket_size(rest, lane_multiple)))
   return sizes
 
 
-def padded_num_clients(num_clients: int, client_multiple: int = 1, max_clients_per_chunk: int | None = None) -> int:
-  return sum(chunk_sizes(num_clients, client_multiple, max_clients_per_chunk))
+def padded_num_lanes(num_lanes: int, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> int:
+  return sum(chunk_sizes(num_lanes, lane_multiple, max_lanes_per_chunk))

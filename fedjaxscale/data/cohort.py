@@ -1,4 +1,4 @@
-"""Cohort assembly: per-client examples -> fixed-shape ``[clients, steps, batch, ...]`` parts.
+"""Cohort assembly: per-client examples -> fixed-shape ``[lanes, steps, batch, ...]`` parts.
 
 Two ways in, one vectorised path:
 
@@ -15,22 +15,25 @@ Each client's examples form a stream: its rows, shuffled afresh every epoch (or 
   them each step (the rest of the batch is masked).
 * ``local_epochs=E``: client k runs ``ceil(E * n_k / batch_size)`` steps over ``E * n_k``
   examples, as ``repeat(E).batch(batch_size)`` would; only its last batch is partial (masked,
-  and averaged over its real examples only). Clients are grouped into step buckets so padding
-  stays small: a part's steps are a bucket size, and the grouping minimises the computed
-  example-steps (a small dynamic programme over at most ``max_parts`` groups).
+  and averaged over its real examples only).
 
-``max_steps`` caps individual clients' steps (e.g. a straggler's partial work); steps past the cap
-are masked, so they neither train nor count.
+Ragged local work is *packed*: clients are laid end to end in lanes of one length (best-fit
+decreasing, longest clients first), so a heavy-tailed cohort fills its ``[lanes, steps]`` block
+almost completely with one compiled shape. The lane length and the lane count are bucket sizes,
+chosen together to minimise the computed example-steps. ``pack=False`` gives each client a lane
+of its own (the layout fixed-steps cohorts get anyway).
+
+``max_steps`` caps individual clients' steps (e.g. a straggler's partial work): the cap is the
+work the client does, so its lane holds only those steps.
 """
 
+import bisect
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from fedjaxscale.core.buckets import bucket_size, bucket_sizes
-from fedjaxscale.core.cohort import Cohort, CohortPart
-
-DEFAULT_MAX_PARTS = 6
+from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart
 
 
 def make_cohort(
@@ -44,7 +47,8 @@ def make_cohort(
     client_ids: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
     max_steps: Sequence[int] | None = None,
-    max_parts: int = DEFAULT_MAX_PARTS,
+    pack: bool = True,
+    lane_multiple: int = 1,
 ) -> Cohort:
   """Builds a cohort from per-client example dicts.
 
@@ -59,7 +63,10 @@ def make_cohort(
     client_ids: names for the clients (default ``'0', '1', ...``).
     weights: per-client aggregation multipliers (default 1).
     max_steps: per-client caps on local steps (partial work).
-    max_parts: at most this many step buckets in ``local_epochs`` mode.
+    pack: lay several short clients end to end in one lane (default); False gives every client
+      a lane of its own.
+    lane_multiple: the engine pads the lane count to a multiple of this (its device count);
+      packing takes it into account when it chooses the lane length.
 
   Returns:
     A ``Cohort``.
@@ -94,7 +101,7 @@ def make_cohort(
     client_ids = [str(k) for k in range(len(client_examples))]
   return _assemble(features, starts, sizes, np.asarray(client_ids), batch_size, local_steps=local_steps,
                    local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights, max_steps=max_steps,
-                   max_parts=max_parts)
+                   pack=pack, lane_multiple=lane_multiple)
 
 
 def gather_cohort(
@@ -108,15 +115,16 @@ def gather_cohort(
     seed: int = 0,
     weights: Sequence[float] | None = None,
     max_steps: Sequence[int] | None = None,
-    max_parts: int = DEFAULT_MAX_PARTS,
+    pack: bool = True,
+    lane_multiple: int = 1,
 ) -> Cohort:
   """Builds a cohort from clients of a ``FederatedDataset``, reading only their rows.
 
   Args:
     dataset: a ``FederatedDataset``.
     clients: client ids (strings) or integer indices into ``dataset.client_ids``.
-    batch_size, local_steps, local_epochs, shuffle, seed, weights, max_steps, max_parts: as
-      ``make_cohort``.
+    batch_size, local_steps, local_epochs, shuffle, seed, weights, max_steps, pack, lane_multiple:
+      as ``make_cohort``.
 
   Returns:
     A ``Cohort`` whose ``client_ids`` are the dataset's ids of ``clients``.
@@ -137,11 +145,11 @@ def gather_cohort(
   sizes = offsets[index + 1] - starts
   return _assemble(dataset.features, starts, sizes, np.asarray(dataset.client_ids)[index], batch_size,
                    local_steps=local_steps, local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights,
-                   max_steps=max_steps, max_parts=max_parts)
+                   max_steps=max_steps, pack=pack, lane_multiple=lane_multiple)
 
 
 def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, local_epochs, shuffle, seed, weights,
-              max_steps, max_parts) -> Cohort:
+              max_steps, pack, lane_multiple) -> Cohort:
   n = len(sizes)
   if batch_size is None or int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -151,8 +159,8 @@ def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, l
     raise ValueError(f"local_steps must be >= 1, got {local_steps}")
   if local_epochs is not None and not local_epochs > 0:
     raise ValueError(f"local_epochs must be > 0, got {local_epochs}")
-  if max_parts < 1:
-    raise ValueError(f"max_parts must be >= 1, got {max_parts}")
+  if lane_multiple < 1:
+    raise ValueError(f"lane_multiple must be >= 1, got {lane_multiple}")
   empty = np.flatnonzero(sizes <= 0)
   if len(empty):
     raise ValueError(f"clients {client_ids[empty[:5]].tolist()} have no examples; a cohort needs at least one each")
@@ -176,61 +184,83 @@ def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, l
     steps = np.minimum(steps, max_steps)
     total = np.minimum(total, steps * width)
 
-  groups = [np.arange(n)] if local_steps is not None else _step_groups(steps, batch_size, max_parts)
-  rng = np.random.default_rng(seed)
-  parts = []
-  for members in groups:
-    num_steps = int(local_steps) if local_steps is not None else bucket_size(int(steps[members].max()))
-    parts.append(_part(features, starts[members], sizes[members], width[members], total[members], members,
-                       num_steps, batch_size, shuffle, rng, weights[members]))
-  return Cohort(tuple(parts), client_ids)
+  lane, offset, num_lanes, lane_steps = pack_lanes(np.maximum(steps, 1), pack=pack, lane_multiple=lane_multiple)
+  part = _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size,
+               shuffle, np.random.default_rng(seed))
+  return Cohort((part,), client_ids, sizes.astype(np.float32), weights)
 
 
-def _step_groups(steps: np.ndarray, batch_size: int, max_parts: int) -> list[np.ndarray]:
-  """Groups clients by step bucket, merging adjacent buckets to at most ``max_parts`` groups.
+def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1):
+  """Places clients' step runs in lanes.
 
-  The cost of a group is what the engine computes for it: (clients, padded to their bucket) x
-  (its largest step bucket); the grouping of sorted buckets that minimises the total is found
-  by dynamic programming over the distinct bucket sizes (a few dozen at most).
+  Args:
+    steps: steps each client occupies (>= 1).
+    pack: share lanes between clients; else one lane each.
+    lane_multiple: lane counts are rounded up to bucket sizes that are multiples of this.
+
+  Returns:
+    ``(lane, offset, num_lanes, lane_steps)``: each client's lane and first step, the number of
+    lanes and their length. The length is a bucket size >= the longest client; among the bucket
+    sizes up to twice that, the one whose (bucketed lanes) x (length) is least is used.
   """
-  buckets = bucket_sizes(np.maximum(steps, 1))
-  values, inverse, counts = np.unique(buckets, return_inverse=True, return_counts=True)
-  m = len(values)
-  cum = np.concatenate([[0], np.cumsum(counts)])
-  parts = min(max_parts, m)
-  inf = float("inf")
-  # best[p][j]: least cost covering bucket values [0, j) with p groups; cut[p][j]: its last cut.
-  best = [[inf] * (m + 1) for _ in range(parts + 1)]
-  cut = [[0] * (m + 1) for _ in range(parts + 1)]
-  best[0][0] = 0.0
-  for p in range(1, parts + 1):
-    for j in range(1, m + 1):
-      for i in range(p - 1, j):
-        if best[p - 1][i] == inf:
-          continue
-        cost = best[p - 1][i] + bucket_size(int(cum[j] - cum[i])) * int(values[j - 1]) * batch_size
-        if cost < best[p][j]:
-          best[p][j], cut[p][j] = cost, i
-  p = min(range(1, parts + 1), key=lambda q: best[q][m])
-  bounds, j = [], m
-  while p > 0:
-    i = cut[p][j]
-    bounds.append((i, j))
-    j, p = i, p - 1
-  order = np.argsort(inverse, kind="stable")
-  return [order[cum[i]:cum[j]] for i, j in reversed(bounds)]
+  longest = int(steps.max())
+  if int(steps.min()) == longest:  # equal work (fixed local steps): a lane each, exactly that long
+    return np.arange(len(steps)), np.zeros(len(steps), np.int64), len(steps), longest
+  shortest_length = bucket_size(longest)
+  if not pack:
+    return np.arange(len(steps)), np.zeros(len(steps), np.int64), len(steps), shortest_length
+  total = int(steps.sum())
+  order = np.argsort(-steps, kind="stable")
+  best = None
+  length = shortest_length
+  while length < 2 * shortest_length:
+    if best is None or bucket_size(-(-total // length), lane_multiple) * length < best[0]:
+      lane, offset, num_lanes = _best_fit_decreasing(steps, order, length)
+      cost = bucket_size(num_lanes, lane_multiple) * length
+      if best is None or cost < best[0]:
+        best = (cost, lane, offset, num_lanes, length)
+    length = bucket_size(length + 1)
+  _, lane, offset, num_lanes, length = best
+  return lane, offset, num_lanes, length
 
 
-def _part(features, starts, sizes, width, total, members, num_steps, batch_size, shuffle, rng, weights) -> CohortPart:
-  """Builds one part's row indices ``[clients, steps, batch]`` and gathers them."""
-  c = len(members)
-  s = np.arange(num_steps, dtype=np.int64)[None, :, None]
-  j = np.arange(batch_size, dtype=np.int64)[None, None, :]
-  w = width[:, None, None]
-  pos = s * w + j  # position in the client's example stream
-  mask = (j < w) & (pos < total[:, None, None])
-  pos = np.where(mask, pos, 0)
-  n = sizes[:, None, None]
+def _best_fit_decreasing(steps, order, length):
+  """Longest first, each into the fullest lane it still fits (a new lane when none does)."""
+  lane = np.empty(len(steps), np.int64)
+  offset = np.empty(len(steps), np.int64)
+  free, ids = [], []  # lanes' free steps, kept sorted, and the lane id at each place
+  num_lanes = 0
+  for k in order.tolist():
+    need = int(steps[k])
+    i = bisect.bisect_left(free, need)
+    if i == len(free):
+      lane_id, room = num_lanes, length
+      num_lanes += 1
+    else:
+      lane_id, room = ids.pop(i), free.pop(i)
+    lane[k], offset[k] = lane_id, length - room
+    room -= need
+    if room:
+      j = bisect.bisect_left(free, room)
+      free.insert(j, room)
+      ids.insert(j, lane_id)
+  return lane, offset, num_lanes
+
+
+def _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size, shuffle,
+          rng) -> CohortPart:
+  """Builds the part's row indices ``[lanes, steps, batch]`` and gathers them."""
+  slots = np.maximum(steps, 1)
+  client = np.repeat(np.arange(len(slots)), slots)  # one entry per (client, local step)
+  local = np.arange(len(client)) - np.repeat(np.cumsum(slots) - slots, slots)
+  owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
+  owner[lane[client], offset[client] + local] = client
+  j = np.arange(batch_size, dtype=np.int64)[None, :]
+  w = width[client][:, None]
+  pos = local[:, None] * w + j  # position in the client's example stream
+  real = (j < w) & (pos < total[client][:, None]) & (local < steps[client])[:, None]
+  pos = np.where(real, pos, 0)
+  n = sizes[client][:, None]
   epoch, within = pos // n, pos % n
   if shuffle:
     # One independent permutation per (client, epoch): sort random keys within each segment.
@@ -239,22 +269,27 @@ def _part(features, starts, sizes, width, total, members, num_steps, batch_size,
     seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
     seg_id = np.repeat(np.arange(len(seg_len)), seg_len)
     order = np.lexsort((rng.random(len(seg_id)), seg_id))
-    local = order - seg_start[seg_id]
+    local_perm = order - seg_start[seg_id]
     client_seg0 = np.concatenate([[0], np.cumsum(epochs)[:-1]])
-    seg = client_seg0[:, None, None] + np.minimum(epoch, epochs[:, None, None] - 1)
-    within = local[seg_start[seg] + within]
-  rows = starts[:, None, None] + within
+    seg = client_seg0[client][:, None] + np.minimum(epoch, epochs[client][:, None] - 1)
+    within = local_perm[seg_start[seg] + within]
+  # Idle slots (masked) read the cohort's first example, the same row whichever source it came from.
+  rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
+  mask = np.zeros((num_lanes, lane_steps, batch_size), bool)
+  where = (lane[client], offset[client] + local)
+  rows[where] = starts[client][:, None] + within
+  mask[where] = real
   batch = {name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:]) for name, x in features.items()}
-  return CohortPart(batch=batch, mask=mask, num_examples=sizes.astype(np.float32), weight=weights,
-                    position=members.astype(np.int32))
+  return CohortPart(batch=batch, mask=mask, owner=owner)
 
 
-def padding_report(cohort: Cohort, client_multiple: int = 1) -> dict[str, float]:
+def padding_report(cohort: Cohort, lane_multiple: int = 1) -> dict[str, float]:
   """Real and computed example-steps and their ratio, for logs and benchmarks."""
   real = cohort.real_example_steps
-  computed = cohort.computed_example_steps(client_multiple)
+  computed = cohort.computed_example_steps(lane_multiple)
   return {"real_example_steps": real, "computed_example_steps": computed,
-          "padding_efficiency": real / computed if computed else 1.0, "parts": len(cohort.parts)}
+          "padding_efficiency": real / computed if computed else 1.0,
+          "lanes": sum(p.num_lanes for p in cohort.parts), "lane_steps": max(p.num_steps for p in cohort.parts)}
 
 
 def steps_for(sizes: np.ndarray, batch_size: int, *, local_steps: int | None = None,

@@ -1,9 +1,9 @@
 """The cohort executor: ``vmap`` + ``shard_map`` over a ``clients`` mesh, reduced on device."""
 
-from fedjaxscale.engine.executor import (BACKENDS, CLIENTS, Aggregate, ClientError, ClientFn, ClientInput,
-                                         ClientOutput, Engine, EngineStats, default_mesh)
+from fedjaxscale.engine.executor import (BACKENDS, CLIENTS, Aggregate, ClientError, ClientOutput, ClientProgram, Engine,
+                                         EngineStats, default_mesh, run_client)
 
 __all__ = [
-    "Aggregate", "BACKENDS", "CLIENTS", "ClientError", "ClientFn", "ClientInput", "ClientOutput", "Engine",
-    "EngineStats", "default_mesh",
+    "Aggregate", "BACKENDS", "CLIENTS", "ClientError", "ClientOutput", "ClientProgram", "Engine", "EngineStats",
+    "default_mesh", "run_client",
 ]

@@ -1,25 +1,34 @@
 """The cohort executor: one compiled program maps a client update over a whole cohort.
 
-``Engine.run(client_fn, shared, cohort, rng)`` computes, for the real clients k of the cohort,
+``Engine.run(program, shared, cohort, rng)`` computes, for the real clients k of the cohort,
 
     update_sum = sum_k w_k * u_k,    weight_sum = sum_k w_k
 
-where ``(u_k, w_k, metrics_k) = client_fn(shared, client_k, fold_in(rng, position_k))`` and w_k
-is the client's weight times the cohort's per-client multiplier. A client whose update or weight
-is not finite is left out of both sums (and counted), so one diverged client cannot poison the
-round. Only these sums (one model-sized tree) and per-client scalars leave the devices.
+where ``(u_k, w_k, metrics_k)`` is client k's ``ClientOutput`` after its local steps, with
+``w_k`` the client's weight times the cohort's per-client multiplier. A client whose update or
+weight is not finite is left out of both sums (and counted), so one diverged client cannot
+poison the round. Only these sums (one model-sized tree) and per-client scalars leave the
+devices.
+
+A client's local work is a ``ClientProgram``: ``init`` (its starting state), ``step`` (one
+local step on one batch) and ``finish`` (its update, weight and metrics). Client k gets the key
+``fold_in(rng, k)`` and its local step s the key ``fold_in(fold_in(rng, k), s)``, so results do
+not depend on padding, packing, chunking or the backend.
 
 Backends:
-  * ``vmap`` (default): clients are ``vmap``ped inside ``jax.shard_map`` over a 1-D ``clients``
-    mesh of every device; each device reduces its own clients and a ``psum`` joins them. Parts
-    larger than the memory budget run as chunks of one shape, added into a donated on-device
-    accumulator.
+  * ``vmap`` (default): lanes (see ``core.cohort``) are ``vmap``ped inside ``jax.shard_map`` over
+    a 1-D ``clients`` mesh of every device; each device reduces its own lanes and a ``psum``
+    joins them. A lane holding one client runs ``init``, a ``scan`` of ``step`` and ``finish``;
+    a lane of packed clients restarts ``init`` where a client starts and adds the weighted
+    update where one ends. Parts larger than the memory budget run as chunks of one shape,
+    added into a donated on-device accumulator.
   * ``loop``: one jitted client at a time (the baseline the benchmarks compare with, and a
     debugging aid whose numbers must equal ``vmap``'s).
   * ``debug``: no ``jit`` at all; an exception names the client that raised it.
 """
 
 import dataclasses
+import functools
 import os
 import threading
 from typing import Any, Callable, Mapping, NamedTuple
@@ -29,30 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fedjaxscale.core.cohort import Cohort, CohortPart, chunk_sizes
-from fedjaxscale.core.tree import tree_all_finite, tree_size_bytes
+from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart, chunk_sizes
+from fedjaxscale.core.tree import tree_all_finite, tree_size_bytes, tree_where
 from fedjaxscale.core.types import PRNGKey, PyTree
 
 CLIENTS = "clients"
 BACKENDS = ("vmap", "loop", "debug")
 
 
-class ClientInput(NamedTuple):
-  """One client's local-training input, as ``client_fn`` sees it.
-
-  Attributes:
-    batch: feature name -> ``[steps, batch, ...]``.
-    mask: bool ``[steps, batch]``, True on real examples.
-    num_examples: float32 scalar, the client's training-set size (0 for a padding client).
-  """
-
-  batch: Mapping[str, jax.Array]
-  mask: jax.Array
-  num_examples: jax.Array
-
-
 class ClientOutput(NamedTuple):
-  """What ``client_fn`` returns.
+  """What a client's local work produces.
 
   Attributes:
     update: the pytree to aggregate (e.g. the model delta).
@@ -65,6 +60,22 @@ class ClientOutput(NamedTuple):
   metrics: Mapping[str, jax.Array]
 
 
+class ClientProgram(NamedTuple):
+  """A client's local work as three pure, jittable functions.
+
+  Attributes:
+    init: ``(shared, rng) -> carry``; the client's state before its first step.
+    step: ``(shared, carry, batch, mask, rng) -> carry``; one local step on one batch
+      (``batch`` has a leading example axis, ``mask`` marks real examples; a step whose mask is
+      all False must leave the carry as it was).
+    finish: ``(shared, carry, num_examples) -> ClientOutput``.
+  """
+
+  init: Callable[[Any, PRNGKey], PyTree]
+  step: Callable[[Any, PyTree, Mapping[str, jax.Array], jax.Array, PRNGKey], PyTree]
+  finish: Callable[[Any, PyTree, jax.Array], ClientOutput]
+
+
 class Aggregate(NamedTuple):
   """Weighted sums over the cohort's finite clients (device arrays)."""
 
@@ -73,11 +84,19 @@ class Aggregate(NamedTuple):
   num_nonfinite: jax.Array
 
 
-ClientFn = Callable[[Any, ClientInput, PRNGKey], ClientOutput]
-
-
 class ClientError(RuntimeError):
   """Raised by the ``debug`` backend: names the client whose update failed."""
+
+
+def run_client(program: ClientProgram, shared, batch, mask, num_examples, rng) -> ClientOutput:
+  """One client's whole local work: ``init``, a ``scan`` of ``step`` over its steps, ``finish``."""
+  def body(carry, xs):
+    b, m, s = xs
+    return program.step(shared, carry, b, m, jax.random.fold_in(rng, s)), None
+
+  steps = jnp.arange(mask.shape[0], dtype=jnp.int32)
+  carry, _ = jax.lax.scan(body, program.init(shared, rng), (batch, mask, steps))
+  return program.finish(shared, carry, num_examples)
 
 
 def _weigh(out: ClientOutput, multiplier, real):
@@ -89,8 +108,12 @@ def _weigh(out: ClientOutput, multiplier, real):
   return weighted, w, real & ~finite
 
 
-def _client_keys(rng, position):
-  return jax.vmap(lambda p: jax.random.fold_in(rng, p))(jnp.maximum(position, 0))
+def _accumulate(acc: Aggregate, contrib: Aggregate) -> Aggregate:
+  return jax.tree.map(jnp.add, acc, contrib)
+
+
+def _client_key(rng, owner):
+  return jax.random.fold_in(rng, jnp.maximum(owner, 0))
 
 
 def default_mesh() -> jax.sharding.Mesh:
@@ -120,20 +143,47 @@ class EngineStats:
     return self.real_example_steps / self.computed_example_steps if self.computed_example_steps else 1.0
 
 
+class _HostLanes(NamedTuple):
+  """A chunk's per-lane (one client per lane) or per-step (packed lanes) host arrays."""
+
+  batch: dict
+  mask: np.ndarray
+  owner: np.ndarray
+  start: np.ndarray | None
+  end: np.ndarray | None
+  local_step: np.ndarray | None
+  num_examples: np.ndarray
+  weight: np.ndarray
+
+
+def _host_lanes(part: CohortPart, cohort: Cohort) -> _HostLanes:
+  packed = part.packed
+  owner = part.owner if packed else part.owner[:, 0]
+  real = owner != IDLE
+  safe = np.where(real, owner, 0)
+  num_examples = np.where(real, cohort.num_examples[safe], 0).astype(np.float32)
+  weight = np.where(real, cohort.weights[safe], 0).astype(np.float32)
+  start = end = local_step = None
+  if packed:
+    start, end, local_step = part.boundaries()
+  return _HostLanes(dict(part.batch), part.mask, owner.astype(np.int32), start, end, local_step, num_examples, weight)
+
+
 class Engine:
-  """Runs a per-client function over a cohort and reduces it on the devices.
+  """Runs a client program over a cohort and reduces it on the devices.
 
   Args:
     backend: ``'vmap'`` (default), ``'loop'`` or ``'debug'``.
     mesh: a mesh with a ``clients`` axis; default: every device.
-    max_clients_per_chunk: the most clients one compiled call trains. Default: as many as fit
-      ``memory_budget_bytes``, found from XLA's memory analysis of the compiled program.
+    max_clients_per_chunk: the most lanes (clients, or packed lanes of clients) one compiled
+      call trains. Default: as many as fit ``memory_budget_bytes``, found from XLA's memory
+      analysis of the compiled program.
     memory_budget_bytes: default: half the accelerator's memory (a quarter of RAM on CPU).
 
   Example::
 
     engine = Engine()
-    aggregate, per_client = engine.run(client_fn, params, cohort, jax.random.key(0))
+    aggregate, per_client = engine.run(program, params, cohort, jax.random.key(0))
   """
 
   def __init__(self, backend: str = "vmap", mesh: jax.sharding.Mesh | None = None,
@@ -150,25 +200,30 @@ class Engine:
     self.memory_budget_bytes = memory_budget_bytes
     self.stats = EngineStats()
     self._programs: dict[Any, Any] = {}
-    self._chunk_limits: dict[Any, int] = {}
+    self._chunk_limits: dict[Any, int | None] = {}
     self._lock = threading.Lock()
 
   @property
   def client_multiple(self) -> int:
-    """Each part's client axis is padded to a multiple of this (the mesh's ``clients`` size)."""
+    """Each part's lane count is padded to a multiple of this (the mesh's ``clients`` size)."""
     return int(self.mesh.shape[CLIENTS]) if self.backend == "vmap" else 1
 
-  # -- public ---------------------------------------------------------------------------------
+  def place_replicated(self, tree: PyTree) -> PyTree:
+    """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
+    if self.mesh is None:
+      return tree
+    return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
-  def run(self, client_fn: ClientFn, shared: PyTree, cohort: Cohort, rng: PRNGKey) -> tuple[Aggregate, dict[str, np.ndarray]]:
-    """Maps ``client_fn`` over the cohort and reduces it.
+  def run(self, program: ClientProgram, shared: PyTree, cohort: Cohort,
+          rng: PRNGKey) -> tuple[Aggregate, dict[str, np.ndarray]]:
+    """Runs every client's local work and reduces the weighted updates.
 
     Args:
-      client_fn: ``(shared, ClientInput, rng) -> ClientOutput``; pure and jittable. Keep the same
-        function object across rounds: compiled programs are cached on it.
+      program: the clients' local work; pure and jittable. Keep the same object across rounds:
+        compiled programs are cached on it.
       shared: what every client receives (e.g. the global parameters); replicated.
       cohort: the round's cohort.
-      rng: the round's key; client k gets ``fold_in(rng, position_k)``.
+      rng: the round's key.
 
     Returns:
       ``(aggregate, per_client)``: the weighted sums on device, and per-client metrics as NumPy
@@ -177,180 +232,241 @@ class Engine:
     if cohort.num_clients == 0:
       raise ValueError("the cohort has no clients")
     runner = {"vmap": self._run_vmap, "loop": self._run_loop, "debug": self._run_debug}[self.backend]
-    aggregate, per_part = runner(client_fn, shared, cohort, rng)
-    return aggregate, _gather_per_client(cohort, per_part)
+    aggregate, results = runner(program, shared, cohort, rng)
+    self.stats.real_example_steps += cohort.real_example_steps
+    return aggregate, _per_client(cohort, results)
 
   # -- vmap over a mesh -----------------------------------------------------------------------
 
-  def _run_vmap(self, client_fn, shared, cohort, rng):
-    replicated = NamedSharding(self.mesh, P())
-    shared = jax.device_put(shared, replicated)
-    rng = jax.device_put(rng, replicated)
-    acc = None
-    per_part = []
+  def _run_vmap(self, program, shared, cohort, rng):
+    shared, rng = self.place_replicated((shared, rng))
+    acc, results = None, []
     for part in cohort.parts:
-      limit = self._chunk_limit(client_fn, shared, part, rng)
-      metrics, nonfinite, start = [], [], 0
-      for size in chunk_sizes(part.num_clients, self.client_multiple, limit):
-        chunk = part.slice_clients(start, start + size).pad_clients(size)
+      lanes = _host_lanes(part, cohort)
+      limit = self._chunk_limit(program, shared, lanes, rng)
+      start = 0
+      for size in chunk_sizes(part.num_lanes, self.client_multiple, limit):
+        chunk = _pad_lanes(_slice_lanes(lanes, start, min(start + size, part.num_lanes)), size)
         start += size
-        if acc is None:
-          acc = self._zero_aggregate(client_fn, shared, chunk, rng)
-        program = self._program(client_fn, shared, chunk, rng)
-        acc, m, nf = program(acc, shared, self._put_sharded(chunk), rng)
-        metrics.append(m)
-        nonfinite.append(nf)
+        compiled, zeros = self._program(program, shared, chunk, rng)
+        acc, metrics, nonfinite = compiled(zeros() if acc is None else acc, shared, self._put_sharded(chunk), rng)
+        results.append((chunk, metrics, nonfinite))
         self.stats.chunks += 1
         self.stats.computed_example_steps += chunk.mask.size
-      self.stats.real_example_steps += int(part.mask.sum())
-      metrics, nonfinite = jax.device_get((metrics, nonfinite))
-      per_part.append((part, {k: np.concatenate([m[k] for m in metrics])[:part.num_clients] for k in metrics[0]},
-                       np.concatenate(nonfinite)[:part.num_clients]))
-    return acc, per_part
+    host = jax.device_get([(m, nf) for _, m, nf in results])
+    return acc, [(chunk, m, nf) for (chunk, _, _), (m, nf) in zip(results, host)]
 
-  def _put_sharded(self, part: CohortPart):
-    sharding = NamedSharding(self.mesh, P(CLIENTS))
-    return jax.device_put((dict(part.batch), part.mask, part.num_examples, part.weight, part.position), sharding)
+  def _put_sharded(self, lanes: _HostLanes):
+    arrays = tuple(x for x in lanes if x is not None)
+    return jax.device_put(arrays, NamedSharding(self.mesh, P(CLIENTS)))
 
-  def _signature(self, client_fn, shared, part, rng):
-    def abstract(tree):
-      return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
-    batch_sig = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in sorted(part.batch.items()))
-    return (client_fn, jax.tree.structure(shared), abstract(shared), batch_sig, part.mask.shape,
-            str(jax.random.key_data(rng).dtype) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else str(rng.dtype))
+  def _signature(self, program, shared, lanes: _HostLanes, rng):
+    abstract = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves((shared, rng, tuple(lanes))))
+    return (program, jax.tree.structure((shared, tuple(lanes))), abstract)
 
-  def _program(self, client_fn, shared, chunk: CohortPart, rng):
-    key = self._signature(client_fn, shared, chunk, rng)
+  def _program(self, program, shared, lanes: _HostLanes, rng):
+    key = self._signature(program, shared, lanes, rng)
     with self._lock:
       if key not in self._programs:
-        self._programs[key] = self._compile(client_fn, shared, chunk, rng)
+        self._programs[key] = self._compile(program, shared, lanes, rng)
       return self._programs[key]
 
-  def _compile(self, client_fn, shared, chunk, rng):
+  def _compile(self, program, shared, lanes: _HostLanes, rng):
     mesh = self.mesh
+    packed = lanes.start is not None
+
+    def one_client_lanes(shared, data, rng):
+      batch, mask, owner, num_examples, weight = data
+      keys = jax.vmap(_client_key, in_axes=(None, 0))(rng, owner)
+      out = jax.vmap(functools.partial(run_client, program), in_axes=(None, 0, 0, 0, 0))(
+          shared, batch, mask, num_examples, keys)
+      weighted, w, nonfinite = jax.vmap(_weigh)(out, weight, owner != IDLE)
+      return Aggregate(weighted, w, nonfinite.astype(jnp.int32)), out.metrics, nonfinite
+
+    def packed_lanes(shared, data, rng):
+      def lane(batch, mask, owner, start, end, local_step, num_examples, weight):
+        carry = program.init(shared, rng)
+        zero = jax.tree.map(jnp.zeros_like, program.finish(shared, carry, jnp.zeros((), jnp.float32)).update)
+        acc = Aggregate(zero, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+        def body(state, xs):
+          carry, acc = state
+          b, m, o, st, en, ls, n, wm = xs
+          key = _client_key(rng, o)
+          carry = tree_where(st, program.init(shared, key), carry)
+          carry = program.step(shared, carry, b, m, jax.random.fold_in(key, ls))
+          out = program.finish(shared, carry, n)
+          weighted, w, nonfinite = _weigh(out, wm * en, (o != IDLE) & en)
+          acc = _accumulate(acc, Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
+          return (carry, acc), (out.metrics, nonfinite)
+
+        (_, acc), (metrics, nonfinite) = jax.lax.scan(
+            body, (carry, acc), (batch, mask, owner, start, end, local_step, num_examples, weight))
+        return acc, metrics, nonfinite
+
+      return jax.vmap(lane)(*data)
 
     def per_shard(shared, data, rng):
-      batch, mask, num_examples, weight, position = data
-      # Each client starts from its own copy of the broadcast: mark it varying over the mesh so
-      # a client's scan carry (params that start shared and become per-client) type-checks.
-      shared = jax.tree.map(lambda x: jax.lax.pcast(x, (CLIENTS,), to="varying"), shared)
-      keys = _client_keys(rng, position)
-      out = jax.vmap(client_fn, in_axes=(None, 0, 0))(shared, ClientInput(batch, mask, num_examples), keys)
-      weighted, w, nonfinite = jax.vmap(_weigh)(out, weight, position >= 0)
-      local = Aggregate(jax.tree.map(lambda x: x.sum(0), weighted), w.sum(), nonfinite.sum().astype(jnp.int32))
-      return jax.lax.psum(local, CLIENTS), out.metrics, nonfinite
+      acc, metrics, nonfinite = (packed_lanes if packed else one_client_lanes)(shared, data, rng)
+      local = jax.tree.map(lambda x: x.sum(0), acc)
+      return jax.lax.psum(local, CLIENTS), metrics, nonfinite
 
+    # check_vma=False: client programs create constants (zeros for their running sums) that the
+    # varying-axes checker would ask every algorithm author to pcast; the one collective here is
+    # the psum of genuinely per-device partial sums, which needs no such typing.
     sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(CLIENTS), P()),
-                            out_specs=(P(), P(CLIENTS), P(CLIENTS)))
+                            out_specs=(P(), P(CLIENTS), P(CLIENTS)), check_vma=False)
 
     def step(acc, shared, data, rng):
       total, metrics, nonfinite = sharded(shared, data, rng)
-      return jax.tree.map(jnp.add, acc, total), metrics, nonfinite
+      return _accumulate(acc, total), metrics, nonfinite
 
-    data = self._put_sharded(chunk)
-    acc = jax.eval_shape(lambda: self._zero_aggregate_abstract(client_fn, shared, chunk, rng))
-    acc = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, P())), acc)
+    data = self._put_sharded(lanes)
+    replicated = NamedSharding(mesh, P())
+    acc = jax.eval_shape(lambda: _zero_aggregate(program, shared, lanes, rng))
+    acc = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), acc)
     compiled = jax.jit(step, donate_argnums=(0,)).lower(acc, shared, data, rng).compile()
+    # The accumulator's zeros are made on the devices by a program of their own: no per-round
+    # tracing, no host-to-device transfer.
+    zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
     self.stats.compiles += 1
-    return compiled
+    return compiled, zeros
 
-  def _chunk_limit(self, client_fn, shared, part: CohortPart, rng) -> int | None:
-    """Clients per chunk: the user's bound, else what fits the memory budget."""
+  def _chunk_limit(self, program, shared, lanes: _HostLanes, rng) -> int | None:
+    """Lanes per chunk: the user's bound, else what fits the memory budget."""
     if self.max_clients_per_chunk is not None:
       return self.max_clients_per_chunk
-    probe_size = chunk_sizes(part.num_clients, self.client_multiple)[0]
-    probe = part.slice_clients(0, min(part.num_clients, probe_size)).pad_clients(probe_size)
-    key = self._signature(client_fn, shared, probe, rng)[:-2] + (part.mask.shape[1:],)
+    num_lanes = lanes.mask.shape[0]
+    probe_size = chunk_sizes(num_lanes, self.client_multiple)[0]
+    probe = _pad_lanes(lanes, probe_size)
+    key = self._signature(program, shared, probe, rng)
     if key in self._chunk_limits:
       return self._chunk_limits[key]
     budget = self.memory_budget_bytes or _default_memory_budget()
-    program = self._program(client_fn, shared, probe, rng)
-    stats = program.memory_analysis()
+    compiled, _ = self._program(program, shared, probe, rng)
+    stats = compiled.memory_analysis()
     used = 0
     if stats is not None:
       used = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
     limit = None
     if used > budget:
-      per_client = max(1, used // probe_size)
-      limit = max(self.client_multiple, budget // per_client)
+      per_lane = max(1, used // probe_size)
+      limit = max(self.client_multiple, budget // per_lane)
     self._chunk_limits[key] = limit
     return limit
 
-  def _zero_aggregate_abstract(self, client_fn, shared, chunk, rng):
-    one = ClientInput({k: v[0] for k, v in chunk.batch.items()}, chunk.mask[0], chunk.num_examples[0])
-    out = jax.eval_shape(client_fn, shared, one, rng)
-    return Aggregate(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out.update),
-                     jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-
-  def _zero_aggregate(self, client_fn, shared, chunk, rng):
-    zeros = self._zero_aggregate_abstract(client_fn, shared, chunk, rng)
-    return jax.device_put(zeros, NamedSharding(self.mesh, P()))
-
   # -- one client at a time ---------------------------------------------------------------------
 
-  def _run_loop(self, client_fn, shared, cohort, rng):
-    key = ("loop", client_fn)
+  def _run_loop(self, program, shared, cohort, rng):
+    key = ("loop", program)
     with self._lock:
       if key not in self._programs:
-        def one(acc, shared, client, multiplier, key):
-          out = client_fn(shared, client, key)
-          weighted, w, nonfinite = _weigh(out, multiplier, True)
-          acc = Aggregate(jax.tree.map(jnp.add, acc.update_sum, weighted), acc.weight_sum + w,
-                          acc.num_nonfinite + nonfinite.astype(jnp.int32))
-          return acc, out.metrics, nonfinite
-        self._programs[key] = jax.jit(one, donate_argnums=(0,))
-      one = self._programs[key]
-    return self._per_client(one, client_fn, shared, cohort, rng, jit=True)
+        self._programs[key] = (jax.jit(functools.partial(_contribution, program)),
+                               jax.jit(_accumulate, donate_argnums=(0,)))
+      contribution, accumulate = self._programs[key]
+    return self._per_client_run(contribution, accumulate, shared, cohort, rng, tag_errors=False)
 
-  def _run_debug(self, client_fn, shared, cohort, rng):
-    def one(acc, shared, client, multiplier, key):
-      out = client_fn(shared, client, key)
-      weighted, w, nonfinite = _weigh(out, multiplier, True)
-      acc = Aggregate(jax.tree.map(jnp.add, acc.update_sum, weighted), acc.weight_sum + w,
-                      acc.num_nonfinite + nonfinite.astype(jnp.int32))
-      return acc, out.metrics, nonfinite
+  def _run_debug(self, program, shared, cohort, rng):
     with jax.disable_jit():
-      return self._per_client(one, client_fn, shared, cohort, rng, jit=False)
+      return self._per_client_run(functools.partial(_contribution, program), _accumulate, shared, cohort, rng,
+                                  tag_errors=True)
 
-  def _per_client(self, one, client_fn, shared, cohort, rng, jit):
-    acc = None
-    per_part = []
+  def _per_client_run(self, contribution, accumulate, shared, cohort, rng, tag_errors):
+    """Each client's steps, cut out of its lane and padded to the lane length (one shape a part)."""
+    acc, results = None, []
     for part in cohort.parts:
-      metrics, nonfinite = [], []
-      for i in range(part.num_clients):
-        client = ClientInput({k: v[i] for k, v in part.batch.items()}, part.mask[i], part.num_examples[i])
-        key = jax.random.fold_in(rng, max(int(part.position[i]), 0))
-        if acc is None:
-          acc = self._zero_aggregate_abstract(client_fn, shared, part, rng)
+      start, end, _ = part.boundaries()
+      real = part.owner != IDLE
+      first_lane, first_step = np.nonzero(start & real)
+      stop_step = np.nonzero(end & real)[1] + 1  # same (lane, step) order as the starts
+      metrics, nonfinite, owners = [], [], []
+      for lane, first, stop in zip(first_lane, first_step, stop_step):
+        k = int(part.owner[lane, first])
+        batch = {name: _pad_steps(v[lane, first:stop], part.num_steps) for name, v in part.batch.items()}
+        mask = _pad_steps(part.mask[lane, first:stop], part.num_steps)
         try:
-          acc, m, nf = one(acc, shared, client, part.weight[i], key)
+          weighted, w, nf, m = contribution(shared, batch, mask, cohort.num_examples[k], cohort.weights[k],
+                                            _client_key(rng, k))
         except Exception as e:  # Tag the failure with the client; keep the original as the cause.
-          if jit:
+          if not tag_errors:
             raise
-          cid = cohort.client_ids[part.position[i]] if part.position[i] >= 0 else "<padding>"
-          raise ClientError(f"client {cid!r} (cohort position {int(part.position[i])}) failed: "
+          raise ClientError(f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: "
                             f"{type(e).__name__}: {e}") from e
+        contrib = Aggregate(weighted, w, nf.astype(jnp.int32))
+        acc = contrib if acc is None else accumulate(acc, contrib)
         metrics.append(m)
         nonfinite.append(nf)
-        self.stats.computed_example_steps += part.mask[i].size
-      self.stats.real_example_steps += int(part.mask.sum())
-      metrics, nonfinite = jax.device_get((metrics, nonfinite))
-      per_part.append((part, {k: np.array([m[k] for m in metrics]) for k in metrics[0]}, np.array(nonfinite)))
-    return acc, per_part
+        owners.append(k)
+        self.stats.computed_example_steps += part.num_steps * part.batch_size
+      if owners:
+        metrics, nonfinite = jax.device_get((metrics, nonfinite))
+        results.append((np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]},
+                        np.array(nonfinite)))
+    return acc, results
 
 
-def _gather_per_client(cohort: Cohort, per_part) -> dict[str, np.ndarray]:
-  """Scatters each part's per-client outputs back to cohort order, dropping padding clients."""
+def _contribution(program, shared, batch, mask, num_examples, multiplier, key):
+  """One client's local work, weighted: ``(w * u, w, nonfinite, metrics)``."""
+  out = run_client(program, shared, batch, mask, num_examples, key)
+  weighted, w, nonfinite = _weigh(out, multiplier, True)
+  return weighted, w, nonfinite, out.metrics
+
+
+def _pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
+  return np.pad(x, [(0, steps - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def _slice_lanes(lanes: _HostLanes, start: int, stop: int) -> _HostLanes:
+  return _HostLanes(*({k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else
+                      None if x is None else x[start:stop] for x in lanes))
+
+
+def _pad_lanes(lanes: _HostLanes, size: int) -> _HostLanes:
+  extra = size - lanes.mask.shape[0]
+  if extra == 0:
+    return lanes
+
+  def pad(x, value=0):
+    return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+  return _HostLanes(
+      {k: pad(v) for k, v in lanes.batch.items()}, pad(lanes.mask, False), pad(lanes.owner, IDLE),
+      None if lanes.start is None else pad(lanes.start, True),
+      None if lanes.end is None else pad(lanes.end, True),
+      None if lanes.local_step is None else pad(lanes.local_step),
+      pad(lanes.num_examples), pad(lanes.weight))
+
+
+def _zero_aggregate(program, shared, lanes: _HostLanes, rng) -> Aggregate:
+  """Zeros shaped like the clients' update (traces ``program`` once, abstractly)."""
+  carry = program.init(shared, rng)
+  out = program.finish(shared, carry, jnp.zeros((), jnp.float32))
+  return Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def _per_client(cohort: Cohort, results) -> dict[str, np.ndarray]:
+  """Puts per-lane (or per-step) outputs back in cohort order, dropping padding and idle steps."""
   out: dict[str, np.ndarray] = {}
   nonfinite = np.zeros(cohort.num_clients, bool)
-  for part, metrics, nf in per_part:
-    real = part.position >= 0
-    pos = part.position[real]
+
+  def put(positions, metrics, nf):
     for k, v in metrics.items():
       if k not in out:
         out[k] = np.zeros((cohort.num_clients,) + v.shape[1:], v.dtype)
-      out[k][pos] = v[real]
-    nonfinite[pos] = nf[real]
+      out[k][positions] = v
+    nonfinite[positions] = nf
+
+  for item in results:
+    if isinstance(item[0], _HostLanes):
+      lanes, metrics, nf = item
+      if lanes.start is None:  # one client per lane
+        real = lanes.owner != IDLE
+        put(lanes.owner[real], {k: v[real] for k, v in metrics.items()}, nf[real])
+      else:  # packed: a client's metrics are those of its last step
+        last = lanes.end & (lanes.owner != IDLE)
+        put(lanes.owner[last], {k: v[last] for k, v in metrics.items()}, nf[last])
+    else:
+      put(*item)
   out["nonfinite"] = nonfinite
   return out
 

@@ -1,0 +1,183 @@
+"""Cohort assembly: batches, masks, shuffling, the dataset path, bucketing and its padding, errors."""
+
+import numpy as np
+import pytest
+
+from fedjaxscale.core import Cohort, bucket_size, chunk_sizes
+from fedjaxscale.data import gather_cohort, make_cohort, make_synthetic, padding_report, steps_for, write_dataset
+
+
+def numbered(sizes):
+  """Clients whose feature 'x' is the example's global row number: easy to read back."""
+  out, start = [], 0
+  for n in sizes:
+    out.append({"x": np.arange(start, start + n, dtype=np.int32), "y": np.zeros(n, np.int32)})
+    start += n
+  return out
+
+
+def client_stream(cohort, position):
+  """The real examples one client trains on, in order."""
+  for part in cohort.parts:
+    own = part.owner == position
+    if own.any():
+      return part.batch["x"][own][part.mask[own]]
+  raise AssertionError(position)
+
+
+def test_local_steps_cycles_data_in_order():
+  cohort = make_cohort(numbered([3, 10]), batch_size=4, local_steps=3, shuffle=False)
+  assert len(cohort.parts) == 1 and cohort.parts[0].mask.shape == (2, 3, 4) and not cohort.parts[0].packed
+  # A client smaller than a batch trains on all its examples every step; the rest is masked.
+  np.testing.assert_array_equal(client_stream(cohort, 0), [0, 1, 2] * 3)
+  np.testing.assert_array_equal(cohort.parts[0].mask[0].sum(axis=1), [3, 3, 3])
+  np.testing.assert_array_equal(client_stream(cohort, 1), 3 + np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]))
+  np.testing.assert_array_equal(cohort.num_examples, [3, 10])
+
+
+def test_local_epochs_masks_only_the_last_partial_batch():
+  cohort = make_cohort(numbered([10]), batch_size=4, local_epochs=2, shuffle=False)
+  part = cohort.parts[0]
+  assert part.mask.shape == (1, 5, 4)
+  np.testing.assert_array_equal(part.mask[0].sum(axis=1), [4, 4, 4, 4, 4])
+  np.testing.assert_array_equal(client_stream(cohort, 0), list(range(10)) * 2)
+  cohort = make_cohort(numbered([10]), batch_size=4, local_epochs=1, shuffle=False)
+  np.testing.assert_array_equal(cohort.parts[0].mask[0].sum(axis=1), [4, 4, 2])
+
+
+def test_shuffle_is_a_fresh_permutation_every_epoch_and_seeded():
+  data = numbered([7, 12])
+  a = make_cohort(data, batch_size=5, local_epochs=3, seed=1)
+  b = make_cohort(data, batch_size=5, local_epochs=3, seed=1)
+  c = make_cohort(data, batch_size=5, local_epochs=3, seed=2)
+  for pos, n, first in ((0, 7, 0), (1, 12, 7)):
+    stream = client_stream(a, pos)
+    epochs = stream.reshape(3, n)
+    for e in range(3):
+      np.testing.assert_array_equal(np.sort(epochs[e]), np.arange(first, first + n))
+    assert not all(np.array_equal(epochs[0], epochs[e]) for e in (1, 2))
+    np.testing.assert_array_equal(stream, client_stream(b, pos))
+  assert not np.array_equal(client_stream(a, 1), client_stream(c, 1))
+
+
+def test_max_steps_caps_partial_work():
+  cohort = make_cohort(numbered([8, 8, 8]), batch_size=2, local_steps=4, shuffle=False, max_steps=[4, 1, 0])
+  assert len(client_stream(cohort, 0)) == 8 and len(client_stream(cohort, 1)) == 2
+  assert len(client_stream(cohort, 2)) == 0  # no work: one masked step, so it still owns a place
+
+
+def test_packing_lays_short_clients_end_to_end():
+  sizes = [40, 8, 8, 16, 4]  # steps 10, 2, 2, 4, 1
+  cohort = make_cohort(numbered(sizes), batch_size=4, local_epochs=1, shuffle=False)
+  part = cohort.parts[0]
+  # Best-fit decreasing: the longest client fills lane 0; the rest share lane 1, longest first.
+  assert part.packed and (part.num_lanes, part.num_steps) == (2, 10)
+  np.testing.assert_array_equal(part.owner, [[0] * 10, [3, 3, 3, 3, 1, 1, 2, 2, 4, -1]])
+  start, end, local = part.boundaries()
+  assert start[part.owner != -1].sum() == 5 and end[part.owner != -1].sum() == 5
+  np.testing.assert_array_equal(local[1], [0, 1, 2, 3, 0, 1, 0, 1, 0, 0])
+  for k in range(5):
+    np.testing.assert_array_equal(client_stream(cohort, k), np.arange(sum(sizes[:k]), sum(sizes[:k + 1])))
+  unpacked = make_cohort(numbered(sizes), batch_size=4, local_epochs=1, shuffle=False, pack=False)
+  assert not unpacked.parts[0].packed and unpacked.parts[0].num_lanes == 5
+  assert cohort.padding_efficiency() > unpacked.padding_efficiency()
+
+
+def test_gather_from_dataset_equals_make_cohort(tmp_path):
+  ids, features, sizes = make_synthetic(40, seed=3, max_size=120)
+  dataset = write_dataset(tmp_path / "train", ids, features, sizes)
+  offsets = np.concatenate([[0], np.cumsum(sizes)])
+  chosen = np.array([5, 0, 17, 39, 22])
+  per_client = [{k: v[offsets[i]:offsets[i + 1]] for k, v in features.items()} for i in chosen]
+  for mode in ({"local_steps": 3}, {"local_epochs": 1.5}):
+    direct = make_cohort(per_client, 8, seed=9, client_ids=[ids[i] for i in chosen], **mode)
+    by_index = gather_cohort(dataset, chosen, 8, seed=9, **mode)
+    by_id = gather_cohort(dataset, [ids[i] for i in chosen], 8, seed=9, **mode)
+    for other in (by_index, by_id):
+      np.testing.assert_array_equal(other.client_ids, direct.client_ids)
+      np.testing.assert_array_equal(other.num_examples, direct.num_examples)
+      assert len(other.parts) == len(direct.parts)
+      for p, q in zip(direct.parts, other.parts):
+        np.testing.assert_array_equal(p.mask, q.mask)
+        np.testing.assert_array_equal(p.owner, q.owner)
+        for k in p.batch:
+          np.testing.assert_array_equal(p.batch[k], q.batch[k])
+
+
+@pytest.mark.parametrize("max_size", [2000, None])
+def test_packing_keeps_padding_small_on_power_law_cohort(max_size):
+  _, _, sizes = make_synthetic(1000, seed=0, max_size=max_size)
+  assert sizes.max() / np.median(sizes) > 10  # heavy-tailed
+  data = [{"x": np.zeros((n, 1), np.float32), "y": np.zeros(n, np.int32)} for n in sizes]
+  cohort = make_cohort(data, batch_size=10, local_epochs=1, shuffle=False, lane_multiple=4)
+  report = padding_report(cohort, lane_multiple=4)
+  assert report["padding_efficiency"] >= 0.9, report
+  part = cohort.parts[0]
+  # Steps per client match the latency model's count.
+  start, end, local = part.boundaries()
+  real = part.owner != -1
+  lengths = np.zeros(len(sizes), np.int64)
+  np.add.at(lengths, part.owner[real], 1)
+  np.testing.assert_array_equal(lengths, steps_for(sizes, 10, local_epochs=1))
+  # The lane length is a bucket size, so later rounds reuse compiled shapes.
+  assert part.num_steps == bucket_size(part.num_steps)
+
+
+def test_chunk_sizes_cover_clients_with_two_shapes_at_most():
+  assert chunk_sizes(10, 4) == [12]
+  assert chunk_sizes(10, 4, 4) == [4, 4, 4]
+  assert chunk_sizes(1001, 4, 256) == [256, 256, 256, 240]  # 233 left: 59 units of 4 -> bucket 60
+  sizes = chunk_sizes(5000, 8, 1000)
+  assert sum(sizes) >= 5000 and len(set(sizes)) <= 2 and all(s % 8 == 0 for s in sizes)
+
+
+def test_bucket_size_grid():
+  for n in range(1, 5000):
+    b = bucket_size(n)
+    assert n <= b <= n * 1.125 + 1
+  assert bucket_size(17, 4) % 4 == 0 and bucket_size(17, 4) >= 17
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0, "local_steps": 1}, "batch_size"),
+    ({"batch_size": 2}, "exactly one of local_steps and local_epochs"),
+    ({"batch_size": 2, "local_steps": 1, "local_epochs": 1}, "exactly one"),
+    ({"batch_size": 2, "local_steps": 0}, "local_steps"),
+    ({"batch_size": 2, "local_epochs": 0}, "local_epochs"),
+    ({"batch_size": 2, "local_steps": 1, "weights": [1.0]}, "weights"),
+    ({"batch_size": 2, "local_steps": 1, "max_steps": [1, -1]}, "max_steps"),
+    ({"batch_size": 2, "local_steps": 1, "lane_multiple": 0}, "lane_multiple"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    make_cohort(numbered([3, 4]), **kwargs)
+
+
+def test_bad_clients_are_named():
+  with pytest.raises(ValueError, match="at least one client"):
+    make_cohort([], 2, local_steps=1)
+  with pytest.raises(ValueError, match="client 1 has features"):
+    make_cohort([{"x": np.zeros(2)}, {"z": np.zeros(2)}], 2, local_steps=1)
+  with pytest.raises(ValueError, match=r"client 1: feature 'x' is float32\[3\]"):
+    make_cohort([{"x": np.zeros((2, 2), np.float32)}, {"x": np.zeros((2, 3), np.float32)}], 2, local_steps=1)
+  with pytest.raises(ValueError, match="unequal lengths"):
+    make_cohort([{"x": np.zeros(2), "y": np.zeros(3)}], 2, local_steps=1)
+  with pytest.raises(ValueError, match=r"\['b'\] have no examples"):
+    make_cohort([{"x": np.zeros(2)}, {"x": np.zeros(0)}], 2, local_steps=1, client_ids=["a", "b"])
+
+
+def test_gather_rejects_unknown_clients(tmp_path):
+  ids, features, sizes = make_synthetic(5, seed=0, max_size=60)
+  dataset = write_dataset(tmp_path / "d", ids, features, sizes)
+  with pytest.raises(ValueError, match="outside the dataset's 5 clients"):
+    gather_cohort(dataset, [0, 7], 4, local_steps=1)
+  with pytest.raises(ValueError, match="nobody"):
+    gather_cohort(dataset, ["nobody"], 4, local_steps=1)
+
+
+def test_cohort_checks_its_owners():
+  good = make_cohort(numbered([3, 4]), 2, local_steps=1)
+  with pytest.raises(ValueError, match="exactly one run of steps"):
+    Cohort(good.parts, np.array(["a", "b", "c"]), np.ones(3, np.float32), np.ones(3, np.float32))
+  with pytest.raises(ValueError, match="shape"):
+    Cohort(good.parts, np.array(["a", "b"]), np.ones(3, np.float32), np.ones(2, np.float32))
