@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedjaxscale.core import Cohort, bucket_size, chunk_sizes
+from fedjaxscale.core import Cohort, bucket_size, chunk_sizes, coarse_bucket_size
 from fedjaxscale.data import gather_cohort, make_cohort, make_synthetic, padding_report, steps_for, write_dataset
 
 
@@ -70,12 +70,13 @@ def test_packing_lays_short_clients_end_to_end():
   sizes = [40, 8, 8, 16, 4]  # steps 10, 2, 2, 4, 1
   cohort = make_cohort(numbered(sizes), batch_size=4, local_epochs=1, shuffle=False)
   part = cohort.parts[0]
-  # Best-fit decreasing: the longest client fills lane 0; the rest share lane 1, longest first.
-  assert part.packed and (part.num_lanes, part.num_steps) == (2, 10)
-  np.testing.assert_array_equal(part.owner, [[0] * 10, [3, 3, 3, 3, 1, 1, 2, 2, 4, -1]])
+  # Lanes of 12 steps (the coarse bucket above the longest client, 10); best-fit decreasing puts
+  # each client, longest first, into the fullest lane it fits.
+  assert part.packed and (part.num_lanes, part.num_steps) == (2, 12)
+  np.testing.assert_array_equal(part.owner, [[0] * 10 + [1, 1], [3, 3, 3, 3, 2, 2, 4, -1, -1, -1, -1, -1]])
   start, end, local = part.boundaries()
   assert start[part.owner != -1].sum() == 5 and end[part.owner != -1].sum() == 5
-  np.testing.assert_array_equal(local[1], [0, 1, 2, 3, 0, 1, 0, 1, 0, 0])
+  np.testing.assert_array_equal(local[1][:7], [0, 1, 2, 3, 0, 1, 0])
   for k in range(5):
     np.testing.assert_array_equal(client_stream(cohort, k), np.arange(sum(sizes[:k]), sum(sizes[:k + 1])))
   unpacked = make_cohort(numbered(sizes), batch_size=4, local_epochs=1, shuffle=False, pack=False)
@@ -119,8 +120,37 @@ def test_packing_keeps_padding_small_on_power_law_cohort(max_size):
   lengths = np.zeros(len(sizes), np.int64)
   np.add.at(lengths, part.owner[real], 1)
   np.testing.assert_array_equal(lengths, steps_for(sizes, 10, local_epochs=1))
-  # The lane length is a bucket size, so later rounds reuse compiled shapes.
-  assert part.num_steps == bucket_size(part.num_steps)
+  # The lane length is on the coarse grid, so later rounds reuse compiled shapes.
+  assert part.num_steps == coarse_bucket_size(part.num_steps)
+
+
+def test_min_lane_steps_keeps_the_shape():
+  data = numbered([40, 8, 8, 16, 4])
+  cohort = make_cohort(data, batch_size=4, local_epochs=1, min_lane_steps=24)
+  assert cohort.parts[0].num_steps == 24 and cohort.parts[0].num_lanes == 1
+  # Equal 3-step clients with lanes of at least 8 steps: several clients share a lane.
+  fixed = make_cohort(data, batch_size=4, local_steps=3, min_lane_steps=8)
+  part = fixed.parts[0]
+  assert part.num_steps >= 8 and part.packed and part.num_lanes < 5
+  assert [len(client_stream(fixed, k)) for k in range(5)] == [12, 12, 12, 12, 12]
+
+
+def test_compiled_shapes_are_reused_within_tolerance():
+  data = numbered([40, 8, 8, 16, 4])  # fresh best: 2 lanes x 12 steps = 24
+  near = make_cohort(data, batch_size=4, local_epochs=1, reuse_shapes=[(3, 12)])  # 36 > 24 * 1.15: not reused
+  assert (near.parts[0].num_lanes, near.parts[0].num_steps) == (2, 12)
+  reused = make_cohort(data, batch_size=4, local_epochs=1, reuse_shapes=[(2, 13), (4, 16)])
+  assert (reused.parts[0].num_lanes, reused.parts[0].num_steps) == (2, 13)  # 26 <= 27.6
+  cheapest = make_cohort(data, batch_size=4, local_epochs=1, reuse_shapes=[(2, 13), (1, 24)])
+  assert (cheapest.parts[0].num_lanes, cheapest.parts[0].num_steps) == (1, 24)  # 24 < 26
+  fixed = make_cohort(data, batch_size=4, local_steps=3, reuse_shapes=[(6, 3), (8, 3)])
+  assert (fixed.parts[0].num_lanes, fixed.parts[0].num_steps) == (5, 3)  # 18 > 15 * 1.15
+  # With a device multiple of 2, fresh is 6 lanes (padded) x 3 = 18: a compiled (6, 3) is reused
+  # as it is (a sixth idle lane), a compiled (8, 3) is not (24 > 20.7).
+  fixed = make_cohort(data, batch_size=4, local_steps=3, lane_multiple=2, reuse_shapes=[(8, 3)])
+  assert fixed.parts[0].num_lanes == 5
+  fixed = make_cohort(data, batch_size=4, local_steps=3, lane_multiple=2, reuse_shapes=[(6, 3), (8, 3)])
+  assert fixed.parts[0].num_lanes == 6 and (fixed.parts[0].owner[5] == -1).all()
 
 
 def test_chunk_sizes_cover_clients_with_two_shapes_at_most():

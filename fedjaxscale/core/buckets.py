@@ -32,3 +32,15 @@ def bucket_sizes(n: np.ndarray, multiple: int = 1) -> np.ndarray:
   bits = np.floor(np.log2(np.maximum(units, 1))).astype(np.int64) + 1
   step = np.where(bits > _SIGNIFICANT_BITS, 2 ** np.maximum(bits - _SIGNIFICANT_BITS, 0), 1)
   return (-(-units // step) * step) * multiple
+
+
+def coarse_bucket_size(n: int) -> int:
+  """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (two sizes per doubling) that is >= n.
+
+  For lengths that vary a lot from round to round (the lanes of a packed cohort), where a coarse
+  grid means fewer compiled shapes and packing absorbs most of the extra room.
+  """
+  if n <= 2:
+    return max(1, int(n))
+  k = (int(n) - 1).bit_length() - 1  # 2**k < n <= 2**(k+1)
+  return 3 * 2 ** (k - 1) if n <= 3 * 2 ** (k - 1) else 2 ** (k + 1)

@@ -19,8 +19,8 @@ Each client's examples form a stream: its rows, shuffled afresh every epoch (or 
 
 Ragged local work is *packed*: clients are laid end to end in lanes of one length (best-fit
 decreasing, longest clients first), so a heavy-tailed cohort fills its ``[lanes, steps]`` block
-almost completely with one compiled shape. The lane length and the lane count are bucket sizes,
-chosen together to minimise the computed example-steps. ``pack=False`` gives each client a lane
+almost completely with one compiled shape. The lane length (a coarse bucket) and the lane count
+(a bucket) are chosen together to minimise the computed example-steps. ``pack=False`` gives each client a lane
 of its own (the layout fixed-steps cohorts get anyway).
 
 ``max_steps`` caps individual clients' steps (e.g. a straggler's partial work): the cap is the
@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.core.buckets import bucket_size, coarse_bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart
 
 
@@ -49,6 +49,8 @@ def make_cohort(
     max_steps: Sequence[int] | None = None,
     pack: bool = True,
     lane_multiple: int = 1,
+    min_lane_steps: int = 1,
+    reuse_shapes=(),
 ) -> Cohort:
   """Builds a cohort from per-client example dicts.
 
@@ -67,6 +69,10 @@ def make_cohort(
       a lane of its own.
     lane_multiple: the engine pads the lane count to a multiple of this (its device count);
       packing takes it into account when it chooses the lane length.
+    min_lane_steps: the shortest lane length to use.
+    reuse_shapes: ``(lanes, steps)`` shapes the engine has compiled (``engine.lane_shapes``);
+      one is reused when it costs at most 15% more than the best fresh shape, to save a
+      compilation (see ``pack_lanes``).
 
   Returns:
     A ``Cohort``.
@@ -101,7 +107,8 @@ def make_cohort(
     client_ids = [str(k) for k in range(len(client_examples))]
   return _assemble(features, starts, sizes, np.asarray(client_ids), batch_size, local_steps=local_steps,
                    local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights, max_steps=max_steps,
-                   pack=pack, lane_multiple=lane_multiple)
+                   pack=pack, lane_multiple=lane_multiple, min_lane_steps=min_lane_steps,
+                   reuse_shapes=reuse_shapes)
 
 
 def gather_cohort(
@@ -117,14 +124,16 @@ def gather_cohort(
     max_steps: Sequence[int] | None = None,
     pack: bool = True,
     lane_multiple: int = 1,
+    min_lane_steps: int = 1,
+    reuse_shapes=(),
 ) -> Cohort:
   """Builds a cohort from clients of a ``FederatedDataset``, reading only their rows.
 
   Args:
     dataset: a ``FederatedDataset``.
     clients: client ids (strings) or integer indices into ``dataset.client_ids``.
-    batch_size, local_steps, local_epochs, shuffle, seed, weights, max_steps, pack, lane_multiple:
-      as ``make_cohort``.
+    batch_size, local_steps, local_epochs, shuffle, seed, weights, max_steps, pack, lane_multiple,
+      min_lane_steps, reuse_shapes: as ``make_cohort``.
 
   Returns:
     A ``Cohort`` whose ``client_ids`` are the dataset's ids of ``clients``.
@@ -145,11 +154,12 @@ def gather_cohort(
   sizes = offsets[index + 1] - starts
   return _assemble(dataset.features, starts, sizes, np.asarray(dataset.client_ids)[index], batch_size,
                    local_steps=local_steps, local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights,
-                   max_steps=max_steps, pack=pack, lane_multiple=lane_multiple)
+                   max_steps=max_steps, pack=pack, lane_multiple=lane_multiple, min_lane_steps=min_lane_steps,
+                   reuse_shapes=reuse_shapes)
 
 
 def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, local_epochs, shuffle, seed, weights,
-              max_steps, pack, lane_multiple) -> Cohort:
+              max_steps, pack, lane_multiple, min_lane_steps, reuse_shapes) -> Cohort:
   n = len(sizes)
   if batch_size is None or int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -184,44 +194,68 @@ def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, l
     steps = np.minimum(steps, max_steps)
     total = np.minimum(total, steps * width)
 
-  lane, offset, num_lanes, lane_steps = pack_lanes(np.maximum(steps, 1), pack=pack, lane_multiple=lane_multiple)
+  lane, offset, num_lanes, lane_steps = pack_lanes(np.maximum(steps, 1), pack=pack, lane_multiple=lane_multiple,
+                                                   min_lane_steps=min_lane_steps, reuse_shapes=reuse_shapes)
   part = _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size,
                shuffle, np.random.default_rng(seed))
   return Cohort((part,), client_ids, sizes.astype(np.float32), weights)
 
 
-def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1):
+def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1, min_lane_steps: int = 1,
+               reuse_shapes=(), reuse_tolerance: float = 0.15):
   """Places clients' step runs in lanes.
 
   Args:
     steps: steps each client occupies (>= 1).
     pack: share lanes between clients; else one lane each.
     lane_multiple: lane counts are rounded up to bucket sizes that are multiples of this.
+    min_lane_steps: lanes are at least this long.
+    reuse_shapes: ``(lanes, steps)`` shapes already compiled (``Engine.lane_shapes``); one of them
+      is used, its spare lanes left idle, when it costs at most ``1 + reuse_tolerance`` times the
+      best fresh shape: a little padding is cheaper than a compilation.
+    reuse_tolerance: see ``reuse_shapes``.
 
   Returns:
     ``(lane, offset, num_lanes, lane_steps)``: each client's lane and first step, the number of
-    lanes and their length. The length is a bucket size >= the longest client; among the bucket
-    sizes up to twice that, the one whose (bucketed lanes) x (length) is least is used.
+    lanes (already a bucket size when a compiled shape is reused) and their length. Fresh lengths
+    come from the coarse grid (1, 2, 3, 4, 6, 8, 12, ...): of the two smallest that fit the
+    longest client, the one with the least (bucketed lanes) x (length).
   """
   longest = int(steps.max())
-  if int(steps.min()) == longest:  # equal work (fixed local steps): a lane each, exactly that long
-    return np.arange(len(steps)), np.zeros(len(steps), np.int64), len(steps), longest
-  shortest_length = bucket_size(longest)
-  if not pack:
-    return np.arange(len(steps)), np.zeros(len(steps), np.int64), len(steps), shortest_length
-  total = int(steps.sum())
+  need = max(longest, min_lane_steps)
+  n = len(steps)
+  reuse_shapes = [(int(r), int(l)) for r, l in reuse_shapes if l >= need and r % lane_multiple == 0]
+  if not pack or (int(steps.min()) == longest and min_lane_steps <= longest):
+    # A lane each; for equal work (fixed local steps) exactly that long.
+    length = longest if int(steps.min()) == longest and min_lane_steps <= longest else coarse_bucket_size(need)
+    fresh = [(bucket_size(n, lane_multiple) * length, n, length)]
+    _, lanes, length = _choose(fresh, [(r * l, r, l) for r, l in reuse_shapes if r >= n and l >= length],
+                               reuse_tolerance)
+    return np.arange(n), np.zeros(n, np.int64), lanes, length
   order = np.argsort(-steps, kind="stable")
-  best = None
-  length = shortest_length
-  while length < 2 * shortest_length:
-    if best is None or bucket_size(-(-total // length), lane_multiple) * length < best[0]:
-      lane, offset, num_lanes = _best_fit_decreasing(steps, order, length)
-      cost = bucket_size(num_lanes, lane_multiple) * length
-      if best is None or cost < best[0]:
-        best = (cost, lane, offset, num_lanes, length)
-    length = bucket_size(length + 1)
-  _, lane, offset, num_lanes, length = best
-  return lane, offset, num_lanes, length
+  packings = {}
+
+  def lanes_needed(length):
+    if length not in packings:
+      packings[length] = _best_fit_decreasing(steps, order, length)
+    return packings[length][2]
+
+  shortest = coarse_bucket_size(need)
+  fresh = [(bucket_size(lanes_needed(l), lane_multiple) * l, lanes_needed(l), l)
+           for l in (shortest, coarse_bucket_size(shortest + 1))]
+  budget = min(fresh)[0] * (1 + reuse_tolerance)
+  reuse = [(r * l, r, l) for r, l in reuse_shapes if r * l <= budget and lanes_needed(l) <= r]
+  _, lanes, length = _choose(fresh, reuse, reuse_tolerance)
+  lane, offset, _ = packings[length]
+  return lane, offset, lanes, length
+
+
+def _choose(fresh, reuse, tolerance):
+  """The cheapest fresh ``(cost, lanes, length)``, unless a compiled shape costs at most
+  ``1 + tolerance`` times as much: then the cheapest such compiled shape."""
+  best = min(fresh)
+  reusable = [c for c in reuse if c[0] <= best[0] * (1 + tolerance)]
+  return min(reusable) if reusable else best
 
 
 def _best_fit_decreasing(steps, order, length):

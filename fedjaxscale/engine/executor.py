@@ -202,6 +202,7 @@ class Engine:
     self._programs: dict[Any, Any] = {}
     self._chunk_limits: dict[Any, int | None] = {}
     self._lock = threading.Lock()
+    self.lane_shapes: set[tuple[int, int]] = set()  # (lanes, steps) of the chunks compiled so far
 
   @property
   def client_multiple(self) -> int:
@@ -330,6 +331,7 @@ class Engine:
     # tracing, no host-to-device transfer.
     zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
     self.stats.compiles += 1
+    self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
     return compiled, zeros
 
   def _chunk_limit(self, program, shared, lanes: _HostLanes, rng) -> int | None:

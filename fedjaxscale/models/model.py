@@ -57,14 +57,18 @@ class Model:
     per_example = per_example * mask
     return per_example.sum() / jnp.maximum(mask.sum(), 1.0), per_example
 
-  def evaluate(self, params: Params, batch: Batch, mask: Array) -> dict[str, Array]:
-    """Sums of loss and metrics over the real examples, with their ``count``: mergeable by adding."""
+  def evaluate_per_example(self, params: Params, batch: Batch, mask: Array) -> dict[str, Array]:
+    """Per-example ``count`` (the mask), ``loss`` and metrics, zero on padding examples."""
     preds = self.apply(params, batch, None, False)
     mask = mask.astype(jnp.float32)
-    out = {"count": mask.sum(), "loss": (self.per_example_loss(batch, preds) * mask).sum()}
+    out = {"count": mask, "loss": self.per_example_loss(batch, preds) * mask}
     for name, fn in self.metrics.items():
-      out[name] = (fn(batch, preds).astype(jnp.float32) * mask).sum()
+      out[name] = fn(batch, preds).astype(jnp.float32) * mask
     return out
+
+  def evaluate(self, params: Params, batch: Batch, mask: Array) -> dict[str, Array]:
+    """Sums of loss and metrics over the real examples, with their ``count``: mergeable by adding."""
+    return {k: v.sum() for k, v in self.evaluate_per_example(params, batch, mask).items()}
 
 
 def softmax_cross_entropy(label_key: str = "y") -> PerExampleFn:

@@ -1,0 +1,123 @@
+"""Federated evaluation: one model over many clients' examples, reduced per client on device.
+
+Evaluation uses one set of parameters for everybody, so it needs no per-client padding: the
+clients' examples are cut into flat batches of one bucketed size, sharded over the ``clients``
+mesh axis, and each device sums per-example loss and metrics into per-client totals with
+``segment_sum``; a ``psum`` joins the devices. The host receives a few numbers per client: the
+example-weighted totals and the per-client distribution (FedScale's fairness view).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.engine.executor import CLIENTS, Engine
+from fedjaxscale.models.model import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+  """Evaluation totals and per-client values.
+
+  Attributes:
+    metrics: example-weighted means over every evaluated example (``loss``, ``accuracy``, ...).
+    per_client: name -> ``[clients]`` per-client means, plus ``count`` (examples per client).
+    client_ids: the evaluated clients, in order.
+  """
+
+  metrics: dict[str, float]
+  per_client: dict[str, np.ndarray]
+  client_ids: np.ndarray
+
+  def summary(self, quantiles=(0.1, 0.5, 0.9)) -> dict[str, float]:
+    """Totals plus quantiles of per-client accuracy (when the model reports it)."""
+    out = dict(self.metrics)
+    if "accuracy" in self.per_client and len(self.per_client["accuracy"]):
+      acc = self.per_client["accuracy"][self.per_client["count"] > 0]
+      for q in quantiles:
+        out[f"client_accuracy_p{int(q * 100)}"] = float(np.quantile(acc, q))
+    return out
+
+
+class Evaluator:
+  """Evaluates a model on clients of a ``FederatedDataset`` (or any offsets + features).
+
+  Args:
+    model: the model.
+    engine: supplies the mesh (default: a fresh ``Engine()``).
+    batch_size: examples per device call; rounded to a multiple of the device count.
+
+  Example::
+
+    evaluator = Evaluator(model)
+    result = evaluator(params, test_dataset)
+    print(result.metrics['accuracy'], result.summary()['client_accuracy_p10'])
+  """
+
+  def __init__(self, model: Model, engine: Engine | None = None, batch_size: int = 1024):
+    self.model = model
+    self.engine = engine or Engine()
+    mesh = self.engine.mesh or jax.make_mesh((1,), (CLIENTS,), axis_types=(jax.sharding.AxisType.Explicit,),
+                                             devices=jax.devices()[:1])
+    self.mesh = mesh
+    devices = int(mesh.shape[CLIENTS])
+    self.batch_size = max(devices, -(-batch_size // devices) * devices)
+    self._programs = {}
+
+  def __call__(self, params, dataset, clients: np.ndarray | None = None) -> EvalResult:
+    """Evaluates ``params`` on ``clients`` (indices; default all) of ``dataset``."""
+    offsets = np.asarray(dataset.offsets)
+    index = np.arange(dataset.num_clients) if clients is None else np.asarray(clients, np.int64)
+    starts, stops = offsets[index], offsets[index + 1]
+    sizes = stops - starts
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]) if len(index) else np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(len(index), dtype=np.int32), sizes)
+    num_segments = bucket_size(len(index))
+    sums = None
+    params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    for first in range(0, len(rows), self.batch_size):
+      chunk = rows[first:first + self.batch_size]
+      n = len(chunk)
+      size = self.batch_size if len(rows) > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
+      pad = size - n
+      batch = {k: np.asarray(v[np.pad(chunk, (0, pad), mode="edge")]) for k, v in dataset.features.items()}
+      mask = np.arange(size) < n
+      seg = np.pad(owner[first:first + n], (0, pad))
+      program = self._program(params, batch, num_segments)
+      out = program(params, jax.device_put((batch, mask, seg), NamedSharding(self.mesh, P(CLIENTS))))
+      sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    names = ["count", "loss"] + list(self.model.metrics)
+    if sums is None:
+      host = {k: np.zeros(num_segments) for k in names}
+    else:
+      host = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
+    count = host["count"][:len(index)]
+    total = max(count.sum(), 1.0)
+    per_client = {"count": count}
+    metrics = {}
+    for k in names[1:]:
+      per_client[k] = host[k][:len(index)] / np.maximum(count, 1.0)
+      metrics[k] = float(host[k][:len(index)].sum() / total)
+    metrics["num_examples"] = float(count.sum())
+    return EvalResult(metrics, per_client, np.asarray(dataset.client_ids)[index])
+
+  def _program(self, params, batch, num_segments):
+    key = (jax.tree.structure(params), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())),
+           num_segments)
+    if key not in self._programs:
+      model = self.model
+
+      def per_shard(params, data):
+        batch, mask, seg = data
+        sums = model.evaluate_per_example(params, batch, mask)
+        local = {k: jax.ops.segment_sum(v, seg, num_segments=num_segments) for k, v in sums.items()}
+        return jax.lax.psum(local, CLIENTS)
+
+      fn = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(CLIENTS)), out_specs=P(), check_vma=False)
+      self._programs[key] = jax.jit(fn)
+    return self._programs[key]
+
