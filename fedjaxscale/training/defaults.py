@@ -1,0 +1,73 @@
+"""Every field an experiment config has, with its default; each file in ``experiments/configs``
+starts from ``get_base()`` and overrides some. Unknown fields are refused (the config is locked).
+"""
+
+import ml_collections
+
+
+def get_base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # fixes data generation, traces, selection, shuffling and training
+  c.rounds = 100  # server rounds (server steps in async mode)
+  c.clients_per_round = 50  # K: updates aggregated per round (the FedBuff buffer size in async mode)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.kind = "synthetic"  # 'synthetic' (generated into WORKDIR/data) or 'directory' (a converted dataset)
+  c.data.path = ""  # for 'directory': a root holding train/ (and test/) in the fedjaxscale layout
+  c.data.num_clients = 1000  # synthetic: population size
+  c.data.alpha = 1.0  # synthetic: spread of the clients' models
+  c.data.beta = 1.0  # synthetic: spread of the clients' features
+  c.data.iid = False  # synthetic: Synthetic-IID instead
+  c.data.max_size = 1000  # synthetic: cap on a client's examples (0: none)
+  c.data.seed = 0  # synthetic: data generation seed
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "logistic_regression"  # 'logistic_regression', 'mlp' or 'femnist_cnn'
+  c.model.num_classes = 10  # output classes
+  c.model.hidden = (200, 200)  # mlp: hidden widths
+  c.model.dense = 2048  # femnist_cnn: width of the dense layer
+
+  c.algorithm = ml_collections.ConfigDict()
+  c.algorithm.name = "fedavg"  # 'fedavg', 'fedprox', 'fedyogi', 'fedadam' or 'fedadagrad'
+  c.algorithm.client_lr = 0.05  # client SGD learning rate
+  c.algorithm.client_momentum = 0.0  # client SGD momentum (0: none)
+  c.algorithm.client_lr_decay = 1.0  # multiply the client lr by this every client_lr_decay_every rounds
+  c.algorithm.client_lr_decay_every = 10  # rounds between decays
+  c.algorithm.client_lr_min = 0.0  # floor of the decayed client lr
+  c.algorithm.server_lr = 1.0  # server learning rate (eta for the adaptive servers)
+  c.algorithm.server_momentum = 0.0  # fedavg/fedprox server SGD momentum (0: none)
+  c.algorithm.mu = 0.0  # fedprox: proximal coefficient
+  c.algorithm.beta1 = 0.9  # adaptive servers: momentum decay
+  c.algorithm.beta2 = 0.99  # adaptive servers: second-moment decay
+  c.algorithm.tau = 1e-3  # adaptive servers: adaptivity
+  c.algorithm.initial_v = 0.0  # adaptive servers: v_0 (0: tau**2, as Reddi et al.)
+  c.algorithm.weighting = "num_examples"  # 'num_examples' (n_k-weighted mean) or 'uniform'
+
+  c.local = ml_collections.ConfigDict()
+  c.local.batch_size = 10  # examples per local step
+  c.local.local_steps = 0  # fixed local steps per client (FedScale); 0 to use local_epochs
+  c.local.local_epochs = 1.0  # local passes over each client's data; 0 to use local_steps
+
+  c.system = ml_collections.ConfigDict()
+  c.system.traces = "traces/synthetic_10k.npz"  # trace file ('' generates traces for the population)
+  c.system.mapping = "modulo"  # population member i -> trace entry: 'modulo', 'fedscale' or 'identity'
+  c.system.mode = "sync"  # 'sync' or 'async' (FedBuff)
+  c.system.selection = "random"  # 'random' among online clients, or 'oort'
+  c.system.overcommit = 1.3  # sync: select ceil(overcommit * K) clients
+  c.system.deadline_s = 0.0  # sync: aggregate whoever finishes by this many seconds (0: the first K)
+  c.system.availability_mode = "window"  # 'window' (online throughout) or 'endpoints' (FedScale's)
+  c.system.stragglers = "drop"  # 'drop' late clients, or keep their 'partial' work (FedProx)
+  c.system.backward_factor = 3.0  # compute time = samples x ms/sample x this
+  c.system.compression = 1.0  # upload size = model size x this
+  c.system.max_concurrency = 100  # async: clients in flight
+  c.system.max_staleness = 5  # async: discard updates staler than this
+
+  c.eval_every = 5  # evaluate on the test clients every this many rounds (0: never)
+  c.eval_batch_size = 1024  # examples per evaluation batch
+  c.target_accuracy = 0.0  # report the simulated time to reach this test accuracy (0: none)
+  c.checkpoint_every = 10  # rounds between checkpoints, and one at the end (0: none)
+
+  c.engine = ml_collections.ConfigDict()
+  c.engine.backend = "vmap"  # 'vmap', 'loop' or 'debug'
+  c.engine.max_clients_per_chunk = 0  # lanes per compiled call (0: as many as the memory budget allows)
+  return c

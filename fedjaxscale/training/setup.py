@@ -1,0 +1,229 @@
+"""From a config to the run's parts: data, model, algorithm, traces, planner.
+
+Everything here is checked before anything is written or trained: an unknown name, a cohort
+larger than the population, a batch of zero, a path that does not exist, a model whose output
+does not match the labels all raise one ``ConfigError`` naming the field, and the CLI turns it
+into exit code 2.
+"""
+
+import dataclasses
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from fedjaxscale import algorithms, models
+from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
+from fedjaxscale.engine import Engine
+from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
+from fedjaxscale.systems import LatencyModel, TraceError, generate_traces, load_traces, model_bits
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
+MODELS = ("logistic_regression", "mlp", "femnist_cnn")
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the field."""
+
+
+@dataclasses.dataclass
+class RunParts:
+  """Everything a run is made of, built and checked from a config."""
+
+  train: FederatedDataset
+  test: FederatedDataset | None
+  model: models.Model
+  algorithm: algorithms.Algorithm
+  engine: Engine
+  planner: SyncPlanner | AsyncPlanner
+  traces: Any
+  latency: LatencyModel
+  full_steps: np.ndarray  # per-client local steps of a full round of work
+  num_params: int
+
+
+def _require(ok: bool, field: str, message: str):
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def resolve_path(path: str) -> pathlib.Path:
+  """An absolute path; a relative one is looked up from the working directory, then the repository."""
+  p = pathlib.Path(os.path.expanduser(path))
+  if p.is_absolute() or p.exists():
+    return p.resolve()
+  candidate = REPO_ROOT / p
+  return candidate if candidate.exists() else p.resolve()
+
+
+def _unknown_fields(config, base, prefix=""):
+  for key in config.keys():
+    if key not in base:
+      yield prefix + key
+    elif hasattr(config[key], "keys") and hasattr(base[key], "keys"):
+      yield from _unknown_fields(config[key], base[key], f"{prefix}{key}.")
+
+
+def check_config(config) -> None:
+  """Checks values that need no data: raises ``ConfigError`` naming the field."""
+  from fedjaxscale.training.defaults import get_base  # the schema: every field a config may have
+  unknown = sorted(_unknown_fields(config, get_base()))
+  _require(not unknown, unknown[0] if unknown else "", "is not a known field (see fedjaxscale/training/defaults.py)")
+  _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
+  _require(config.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {config.clients_per_round}")
+  _require(config.local.batch_size >= 1, "local.batch_size", f"must be >= 1, got {config.local.batch_size}")
+  _require((config.local.local_steps > 0) != (config.local.local_epochs > 0), "local",
+           f"set exactly one of local_steps and local_epochs above 0, got local_steps={config.local.local_steps}, "
+           f"local_epochs={config.local.local_epochs}")
+  _require(config.local.local_steps >= 0 and config.local.local_epochs >= 0, "local", "must not be negative")
+  _require(config.algorithm.name in ALGORITHMS, "algorithm.name",
+           f"unknown algorithm {config.algorithm.name!r}; expected one of {ALGORITHMS}")
+  _require(config.model.name in MODELS, "model.name", f"unknown model {config.model.name!r}; expected one of {MODELS}")
+  _require(config.algorithm.client_lr > 0, "algorithm.client_lr", f"must be > 0, got {config.algorithm.client_lr}")
+  _require(config.data.kind in ("synthetic", "directory"), "data.kind",
+           f"must be 'synthetic' or 'directory', got {config.data.kind!r}")
+  if config.data.kind == "directory":
+    _require(bool(config.data.path), "data.path", "is required when data.kind is 'directory'")
+    root = resolve_path(config.data.path)
+    _require(root.is_dir(), "data.path", f"{root} does not exist or is not a directory")
+    _require((root / "train" / "meta.json").exists(), "data.path", f"{root} holds no train/ split (train/meta.json)")
+  else:
+    _require(config.data.num_clients >= 1, "data.num_clients", f"must be >= 1, got {config.data.num_clients}")
+    _require(config.clients_per_round <= config.data.num_clients, "clients_per_round",
+             f"{config.clients_per_round} is more than the population ({config.data.num_clients} clients)")
+  s = config.system
+  _require(s.mode in ("sync", "async"), "system.mode", f"must be 'sync' or 'async', got {s.mode!r}")
+  _require(s.selection in ("random", "oort"), "system.selection", f"must be 'random' or 'oort', got {s.selection!r}")
+  _require(s.stragglers in ("drop", "partial"), "system.stragglers", f"must be 'drop' or 'partial', got {s.stragglers!r}")
+  _require(s.overcommit >= 1.0, "system.overcommit", f"must be >= 1, got {s.overcommit}")
+  _require(s.deadline_s >= 0, "system.deadline_s", f"must be >= 0 (0: no deadline), got {s.deadline_s}")
+  if s.traces:
+    p = resolve_path(s.traces)
+    _require(p.exists(), "system.traces", f"{p} does not exist")
+  _require(config.eval_every >= 0, "eval_every", f"must be >= 0, got {config.eval_every}")
+  _require(config.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {config.checkpoint_every}")
+  _require(config.engine.backend in ("vmap", "loop", "debug"), "engine.backend",
+           f"unknown backend {config.engine.backend!r}")
+
+
+def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
+  """Opens the configured data; Synthetic data is generated into ``workdir/data`` once."""
+  try:
+    if config.data.kind == "directory":
+      root = resolve_path(config.data.path)
+      train = FederatedDataset.open(root / "train")
+      test = FederatedDataset.open(root / "test") if (root / "test" / "meta.json").exists() else None
+      return train, test
+    root = workdir / "data"
+    if (root / "train" / "meta.json").exists():
+      return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
+    splits = write_synthetic(root, config.data.num_clients, alpha=config.data.alpha, beta=config.data.beta,
+                             iid=config.data.iid, seed=config.data.seed, max_size=config.data.max_size or None)
+    return splits["train"], splits["test"]
+  except DatasetError as e:
+    raise ConfigError(f"config.data: {e}") from e
+
+
+def build_model(config, train: FederatedDataset) -> models.Model:
+  m = config.model
+  specs = train.feature_specs
+  _require("x" in specs and "y" in specs, "data", f"the dataset needs features 'x' and 'y', it has {sorted(specs)}")
+  if m.name == "femnist_cnn":
+    model = models.femnist_cnn(m.num_classes, dense=m.dense)
+  elif m.name == "mlp":
+    model = models.mlp(int(np.prod(specs["x"][1])), m.num_classes, tuple(m.hidden))
+  else:
+    model = models.logistic_regression(int(np.prod(specs["x"][1])), m.num_classes)
+  # The model must read the data's examples and its outputs must cover the labels.
+  sample = train.rows(np.arange(min(2, train.num_examples)))
+  try:
+    out = jax.eval_shape(lambda p: model.apply(p, sample, None, False), jax.eval_shape(model.init, jax.random.key(0)))
+  except Exception as e:  # shape errors from flax name the layer; keep them
+    raise ConfigError(f"config.model: {m.name} cannot read the data's 'x' {specs['x']}: {e}") from e
+  labels = np.asarray(train.features["y"])
+  num_labels = len(train.label_names) if train.label_names else int(labels.max()) + 1
+  _require(out.shape[-1] >= num_labels, "model.num_classes",
+           f"the model outputs {out.shape[-1]} classes but the data has labels up to {num_labels - 1}")
+  return model
+
+
+def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.Algorithm:
+  a = config.algorithm
+  client_opt = optax.sgd(a.client_lr, momentum=a.client_momentum or None)
+  schedule = None
+  if a.client_lr_decay != 1.0:
+    # FedScale's decay: x decay every decay_every rounds, floored at client_lr_min.
+    floor = a.client_lr_min / a.client_lr
+    decay = optax.exponential_decay(1.0, a.client_lr_decay_every, a.client_lr_decay, staircase=True)
+    schedule = lambda r: jax.numpy.maximum(decay(r), floor)  # noqa: E731
+  common = dict(weighting=a.weighting, client_lr_schedule=schedule, engine=engine)
+  if a.name in ("fedavg", "fedprox"):
+    server = optax.sgd(a.server_lr, momentum=a.server_momentum or None)
+    if a.name == "fedavg":
+      return algorithms.fedavg(model, client_opt, server, **common)
+    return algorithms.fedprox(model, client_opt, server, mu=a.mu, **common)
+  factory = {"fedyogi": algorithms.fedyogi, "fedadam": algorithms.fedadam, "fedadagrad": algorithms.fedadagrad}[a.name]
+  return factory(model, client_opt, a.server_lr, a.beta1, a.beta2, a.tau, initial_v=a.initial_v or None, **common)
+
+
+def build(config, workdir: pathlib.Path) -> RunParts:
+  """Checks the config and builds the run (the data is generated into ``workdir`` if needed)."""
+  check_config(config)
+  train, test = load_data(config, workdir)
+  _require(config.clients_per_round <= train.num_clients, "clients_per_round",
+           f"{config.clients_per_round} is more than the population ({train.num_clients} clients)")
+  model = build_model(config, train)
+  engine = Engine(config.engine.backend, max_clients_per_chunk=config.engine.max_clients_per_chunk or None)
+  algorithm = build_algorithm(config, model, engine)
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
+  s = config.system
+  try:
+    if s.traces:
+      traces = load_traces(resolve_path(s.traces))
+    else:
+      traces = generate_traces(train.num_clients, seed=config.seed)
+    traces = traces.for_population(train.num_clients, mapping=s.mapping)
+  except TraceError as e:
+    raise ConfigError(f"config.system.traces: {e}") from e
+  local = config.local
+  bits = model_bits(num_params, "float32")
+  if local.local_steps > 0:
+    latency = LatencyModel(bits, local_steps=local.local_steps, batch_size=local.batch_size,
+                           backward_factor=s.backward_factor, compression=s.compression)
+    full_steps = steps_for(train.client_sizes, local.batch_size, local_steps=local.local_steps)
+  else:
+    latency = LatencyModel(bits, epochs=local.local_epochs, backward_factor=s.backward_factor,
+                           compression=s.compression)
+    full_steps = steps_for(train.client_sizes, local.batch_size, local_epochs=local.local_epochs)
+  sizes = np.asarray(train.client_sizes)
+  policy = None
+  if s.selection == "oort":
+    expected = latency.latency(traces, np.arange(train.num_clients), sizes).total
+    policy = OortSelection(sizes, expected)
+  try:
+    planner = _planner(config, traces, latency, sizes, policy)
+  except ValueError as e:  # the scheduler names its own bad settings
+    raise ConfigError(f"config.system: {e}") from e
+  return RunParts(train, test, model, algorithm, engine, planner, traces, latency, full_steps, num_params)
+
+
+def _planner(config, traces, latency, sizes, policy):
+  s = config.system
+  if s.mode == "sync":
+    sync = SyncConfig(config.clients_per_round, overcommit=s.overcommit, deadline_s=s.deadline_s or None,
+                      availability_mode=s.availability_mode)
+    return SyncPlanner(traces, latency, sync, sizes, policy, seed=config.seed)
+  _require(s.max_concurrency >= config.clients_per_round, "system.max_concurrency",
+           f"{s.max_concurrency} clients in flight cannot fill a buffer of {config.clients_per_round}")
+  buffered = AsyncConfig(config.clients_per_round, s.max_concurrency, max_staleness=s.max_staleness,
+                         availability_mode=s.availability_mode)
+  return AsyncPlanner(traces, latency, buffered, sizes, policy, seed=config.seed)
+
+
+def model_bytes(num_params: int) -> int:
+  return int(num_params) * 4
+
