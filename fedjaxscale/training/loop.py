@@ -1,0 +1,294 @@
+"""``train_and_evaluate(config, workdir)``: the round loop that joins the scheduler and the engine.
+
+Per synchronous round: the planner picks and times the clients on the simulated clock -> the
+cohort of the clients whose updates count is gathered from the dataset (participating clients
+only; with ``system.stragglers='partial'``, FedProx-style, stragglers add the steps they
+completed) -> the algorithm runs it on the engine and updates the server -> per-client losses go
+back to the selection policy (Oort) -> metrics, timeline, evaluation, checkpoints.
+
+Asynchronous (FedBuff) runs: each plan is the cohort of clients that started from the current
+model version; they are trained from it at once, their staleness-weighted updates are added to
+the buffers of the server steps they arrive in, and the current step is applied: every update of
+its buffer has been trained by then.
+
+One seed fixes everything; a resumed run (``resume=True``) continues from the newest checkpoint
+and produces the same metrics and parameters as a run that never stopped.
+"""
+
+import json
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjaxscale.algorithms import Shared
+from fedjaxscale.data import gather_cohort
+from fedjaxscale.engine import Aggregate, Evaluator
+from fedjaxscale.scheduler import Status
+from fedjaxscale.training import outputs, plots
+from fedjaxscale.training.checkpoint import Checkpointer
+from fedjaxscale.training.progress import Progress
+from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes
+
+RUN_FILES = ("config.json", "metrics.jsonl", "timeline.csv", "availability.csv", "summary.json", "tensorboard",
+             "plots", "checkpoints", "data")
+STATUS_NAMES = {int(s): s.name.lower() for s in Status}
+
+
+def holds_run(workdir: pathlib.Path) -> bool:
+  return any((workdir / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints"))
+
+
+def train_and_evaluate(config, workdir, *, resume: bool = False, overwrite: bool = False,
+                       show_progress: bool = True) -> dict[str, Any]:
+  """Runs the experiment ``config`` in ``workdir`` and returns its summary.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` (see ``experiments/configs/``).
+    workdir: where outputs, checkpoints and generated data go.
+    resume: continue the run in ``workdir`` from its newest checkpoint.
+    overwrite: replace a run that ``workdir`` holds.
+    show_progress: a progress bar (on a terminal) or periodic log lines.
+
+  Returns:
+    The run's summary (also written to ``workdir/summary.json``).
+
+  Raises:
+    ConfigError: a config that cannot run, or a workdir holding a run without ``resume`` or
+      ``overwrite``. Nothing is written then.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  check_config(config)
+  existing = holds_run(workdir)
+  if existing and not (resume or overwrite):
+    raise ConfigError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+  if resume and not existing:
+    raise ConfigError(f"--resume: {workdir} holds no run to resume")
+  created = not workdir.exists()
+  if overwrite and existing and not resume:
+    for name in RUN_FILES:
+      path = workdir / name
+      shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  new_data = not (workdir / "data").exists()
+  try:
+    parts = build(config, workdir)
+  except ConfigError:
+    if created:
+      shutil.rmtree(workdir, ignore_errors=True)
+    elif new_data:
+      shutil.rmtree(workdir / "data", ignore_errors=True)
+    raise
+  return _Run(config, workdir, parts, resume, show_progress).run()
+
+
+class _Run:
+  """One run's state between rounds."""
+
+  def __init__(self, config, workdir: pathlib.Path, parts: RunParts, resume: bool, show_progress: bool):
+    self.config, self.workdir, self.p = config, workdir, parts
+    self.engine = parts.engine
+    self.algorithm = parts.algorithm
+    init_key, self.key = jax.random.split(jax.random.key(config.seed))
+    self.state = self.algorithm.init(parts.model.init(init_key))
+    self.evaluator = Evaluator(parts.model, self.engine, config.eval_batch_size) if parts.test is not None else None
+    self.checkpointer = Checkpointer(workdir / "checkpoints")
+    self.round = 0
+    self.wall_before = 0.0
+    self.clients_trained = 0
+    self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
+    if resume:
+      self._restore()
+    lead = jax.process_index() == 0  # in multi-process runs only the first process writes
+    self.writer = outputs.RunWriter(workdir, enabled=lead, resume_round=self.round if resume else None)
+    if not resume:
+      self.writer.write_config(json.loads(config.to_json_best_effort()))
+      hours, counts = self._availability()
+      self.writer.write_availability(hours, counts)
+    self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if show_progress else None
+    self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
+
+  # -- the loop ---------------------------------------------------------------------------------
+
+  def run(self) -> dict[str, Any]:
+    config = self.config
+    start = time.perf_counter()
+    try:
+      while self.round < config.rounds:
+        record, durations = self._sync_round() if config.system.mode == "sync" else self._async_step()
+        self.round += 1
+        record["round"] = self.round
+        record["wall_s"] = self.wall_before + time.perf_counter() - start
+        if config.eval_every and (self.round % config.eval_every == 0 or self.round == config.rounds):
+          if self.evaluator is not None:
+            tic = time.perf_counter()
+            record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
+            self.timings["eval"] = time.perf_counter() - tic
+        # Wall seconds of this round spent planning (host scheduler), gathering the cohort (host
+        # data) and on the engine (device work, waited for through the per-client results).
+        # (Like wall_s, these differ between runs of the same seed; everything else is identical.)
+        record["timing"] = {f"{k}_s": v for k, v in self.timings.items()}
+        self.timings = dict.fromkeys(self.timings, 0.0)
+        self.writer.write_round(record, durations)
+        if self.progress is not None:
+          ev = record.get("eval", {})
+          self.progress.update(self.round, accuracy=ev.get("accuracy"), loss=record.get("train_loss"),
+                               clock_s=record["clock_s"])
+        if config.checkpoint_every and (self.round % config.checkpoint_every == 0 or self.round == config.rounds):
+          self._save(self.wall_before + time.perf_counter() - start)
+      wall = self.wall_before + time.perf_counter() - start
+      summary = outputs.summarize(outputs.read_metrics(self.workdir), target_accuracy=config.target_accuracy or None,
+                                  wall_s=wall, clients_trained=self.clients_trained)
+      self.writer.write_summary(summary)
+      plots.make_plots(self.workdir)
+      return summary
+    finally:
+      if self.progress is not None:
+        self.progress.close()
+      self.writer.close()
+      self.checkpointer.close()
+
+  def _sync_round(self):
+    p, config = self.p, self.config
+    tic = time.perf_counter()
+    plan = p.planner.plan_round()
+    self._tick("plan", tic)
+    members = plan.aggregated
+    max_steps = p.full_steps[members]
+    if config.system.stragglers == "partial":
+      # FedProx keeps the work stragglers finished by the round's end instead of dropping it.
+      late = (plan.status == Status.STRAGGLER) & (plan.completed_fraction > 0)
+      done = np.floor(plan.completed_fraction[late] * p.full_steps[plan.clients[late]]).astype(np.int64)
+      keep = done > 0
+      members = np.concatenate([members, plan.clients[late][keep]])
+      max_steps = np.concatenate([max_steps, done[keep]])
+    record = {"clock_s": float(plan.end_time), "round_duration_s": float(plan.duration),
+              "selected": int(len(plan.clients)), "aggregated": int(len(plan.aggregated)),
+              "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
+              "dropped": int(np.sum(plan.status == Status.DROPPED)),
+              "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
+              "bytes_up": model_bytes(p.num_params) * int(len(members)), "trained": int(len(members))}
+    if plan.short:
+      record["note"] = plan.message
+    if len(members):
+      tic = time.perf_counter()
+      cohort = self._cohort(members, max_steps=max_steps, seed_offset=0)
+      tic = self._tick("gather", tic)
+      self.state, diagnostics = self.algorithm.apply(self.state, cohort, jax.random.fold_in(self.key, self.round))
+      self._tick("engine", tic)
+      p.planner.report(plan, diagnostics["client_loss_sq"][:len(plan.aggregated)])
+      record.update(train_loss=diagnostics["train_loss"], nonfinite=diagnostics["num_nonfinite"],
+                    padding_efficiency=diagnostics["padding_efficiency"])
+      self.clients_trained += len(members)
+    else:  # nobody finished: the clock moved, the model did not
+      self.state = self.state._replace(round=self.state.round + 1)
+      p.planner.report(plan, np.zeros(0))
+    self.writer.write_timeline(self.round + 1, plan.clients, [STATUS_NAMES[int(s)] for s in plan.status],
+                               plan.start, plan.download_end, plan.compute_end,
+                               np.minimum(plan.finish, plan.drop_time), np.minimum(plan.finish, plan.drop_time))
+    finished = plan.status == Status.AGGREGATED
+    return record, (plan.finish - plan.start)[finished]
+
+  def _async_step(self):
+    p = self.p
+    tic = time.perf_counter()
+    plan = p.planner.next_plan()
+    self._tick("plan", tic)
+    if plan.version != int(self.state.round):
+      raise RuntimeError(f"async plan for model version {plan.version}, server is at {int(self.state.round)}")
+    accepted = plan.status == Status.ACCEPTED
+    losses = np.zeros(int(accepted.sum()))
+    train_loss, trained = [], 0
+    for step in np.unique(plan.arrival_step[accepted]):
+      group = accepted & (plan.arrival_step == step)
+      tic = time.perf_counter()
+      cohort = self._cohort(plan.clients[group], weights=plan.weight[group], seed_offset=int(step))
+      tic = self._tick("gather", tic)
+      key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), int(step))
+      aggregate, per_client = self.engine.run(self.algorithm.client_program, Shared(self.state.params, self.state.round),
+                                              cohort, key)
+      self._tick("engine", tic)
+      self.pending[int(step)] = aggregate if int(step) not in self.pending else \
+          jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
+      losses[np.flatnonzero(group[accepted])] = per_client["loss_sq"]
+      ok = ~per_client["nonfinite"]
+      train_loss.append(np.sum(per_client["loss"][ok] * per_client["examples_trained"][ok]))
+      trained += float(np.sum(per_client["examples_trained"][ok]))
+      self.clients_trained += int(group.sum())
+    p.planner.report(plan, losses)
+    buffer = self.pending.pop(plan.version, None)
+    tic = time.perf_counter()
+    if buffer is None:
+      self.state = self.state._replace(round=self.state.round + 1)
+    else:
+      self.state = self.algorithm.server_update(self.state, buffer)
+      jax.block_until_ready(self.state.params)
+    self._tick("engine", tic)
+    finish = np.where(plan.status == Status.DROPPED, plan.finish, plan.finish)
+    self.writer.write_timeline(self.round + 1, plan.clients, [STATUS_NAMES[int(s)] for s in plan.status], plan.start,
+                               plan.download_end, plan.compute_end, finish, finish)
+    record = {"clock_s": float(plan.step_time), "round_duration_s": float(plan.step_time - plan.start.min())
+              if len(plan.start) else 0.0,
+              "selected": int(len(plan.clients)), "aggregated": int(len(plan.step_clients)), "stragglers": 0,
+              "dropped": int(np.sum(plan.status == Status.DROPPED)),
+              "discarded": int(np.sum(plan.status == Status.DISCARDED)),
+              "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
+              "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
+              "trained": int(accepted.sum()), "train_loss": float(sum(train_loss) / max(trained, 1.0))}
+    return record, (plan.finish - plan.start)[accepted]
+
+  def _tick(self, phase: str, since: float) -> float:
+    now = time.perf_counter()
+    self.timings[phase] += now - since
+    return now
+
+  def _cohort(self, members, *, max_steps=None, weights=None, seed_offset=0):
+    local = self.config.local
+    mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
+    seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003 + seed_offset
+    return gather_cohort(self.p.train, members, local.batch_size, **mode, seed=seed, weights=weights,
+                         max_steps=max_steps, lane_multiple=self.engine.client_multiple,
+                         reuse_shapes=sorted(self.engine.lane_shapes))
+
+  def _availability(self):
+    """Online clients at each simulated hour of the trace period (for the online-clients plot)."""
+    availability = self.p.traces.availability
+    period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
+    hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
+    counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
+    return hours, counts
+
+  # -- checkpoints ----------------------------------------------------------------------------
+
+  def _save(self, wall_s: float) -> None:
+    pending = {str(k): jax.tree.map(np.asarray, jax.device_get(v._asdict())) for k, v in self.pending.items()}
+    host = {
+        "round": self.round,
+        "wall_s": wall_s,
+        "clients_trained": self.clients_trained,
+        "planner": self.p.planner.state_dict(),
+        "lane_shapes": np.asarray(sorted(self.engine.lane_shapes), np.int64).reshape(-1, 2),
+        "pending": pending,
+        "pending_steps": sorted(int(k) for k in self.pending),
+    }
+    self.checkpointer.save(self.round, self.state, host)
+
+  def _restore(self) -> None:
+    latest = self.checkpointer.latest_round()
+    if latest is None:
+      raise ConfigError(f"--resume: {self.workdir / 'checkpoints'} holds no complete checkpoint")
+    self.state, host = self.checkpointer.restore(latest, self.state)
+    self.round = int(host["round"])
+    self.wall_before = float(host["wall_s"])
+    self.clients_trained = int(host["clients_trained"])
+    self.p.planner.load_state_dict(host["planner"])
+    self.engine.lane_shapes.update(tuple(int(v) for v in row) for row in host["lane_shapes"])
+    template = self.state.params
+    for k in host.get("pending_steps", []):
+      saved = host["pending"][str(k)]
+      update = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(saved["update_sum"]))
+      self.pending[int(k)] = self.engine.place_replicated(Aggregate(
+          update, jnp.asarray(saved["weight_sum"]), jnp.asarray(saved["num_nonfinite"])))
