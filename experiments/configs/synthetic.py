@@ -1,0 +1,34 @@
+"""The default experiment: FedAvg on Synthetic(1, 1) with the shipped 10k-client traces.
+
+Logistic regression, 1,000 clients of power-law sizes, K = 20 per round with 1.3x over-commit,
+one local epoch of batch 10, availability checked over each client's whole window. The traces
+put 3-8% of a population online at any hour (as FedScale's), so a population needs to be well
+above K / 0.03 for every round to fill.
+
+    fedjaxscale --config=experiments/configs/synthetic.py --workdir=/tmp/fjs/synthetic
+    fedjaxscale --config=experiments/configs/synthetic.py:small --workdir=/tmp/fjs/small   # seconds
+"""
+
+from fedjaxscale.training.defaults import get_base
+
+
+def get_config(arg: str | None = None):
+  c = get_base()
+  c.rounds = 60
+  c.clients_per_round = 20
+  c.algorithm.name = "fedavg"
+  c.algorithm.client_lr = 0.03
+  c.local.batch_size = 10
+  c.local.local_epochs = 1.0
+  c.eval_every = 5
+  c.target_accuracy = 0.5
+  if arg == "small":  # for laptops and tests
+    c.rounds = 4
+    c.clients_per_round = 4
+    c.data.num_clients = 200
+    c.data.max_size = 200
+    c.eval_every = 2
+    c.checkpoint_every = 2
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} of synthetic.py; expected 'small' or nothing")
+  return c
