@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(PY) -m fedjaxscale.demo
+	$(VENV)/bin/fedjaxscale --config=experiments/configs/synthetic.py --workdir=runs/demo --overwrite
 
 test: install-test
 	$(TEST_ENV) $(PY) -m pytest -n 2 $(PYTEST_ARGS)

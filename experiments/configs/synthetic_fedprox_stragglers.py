@@ -41,6 +41,7 @@ def get_config(arg: str | None = None):
     c.algorithm.name = "fedavg"
     c.system.stragglers = "drop"
   c.eval_every = 5
+  c.eval_train = True  # the paper compares the training loss of the global model
   if "small" in variants:
     c.rounds = 3
     c.data.num_clients = 200

@@ -64,6 +64,7 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.eval_every = 5  # evaluate on the test clients every this many rounds (0: never)
   c.eval_batch_size = 1024  # examples per evaluation batch
+  c.eval_train = False  # also evaluate the global model on the training clients (the FedProx paper's training loss)
   c.target_accuracy = 0.0  # report the simulated time to reach this test accuracy (0: none)
   c.checkpoint_every = 10  # rounds between checkpoints, and one at the end (0: none)
 

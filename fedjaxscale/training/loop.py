@@ -36,7 +36,6 @@ from fedjaxscale.training.setup import ConfigError, RunParts, build, check_confi
 
 RUN_FILES = ("config.json", "metrics.jsonl", "timeline.csv", "availability.csv", "summary.json", "tensorboard",
              "plots", "checkpoints", "data")
-STATUS_NAMES = {int(s): s.name.lower() for s in Status}
 
 
 def holds_run(workdir: pathlib.Path) -> bool:
@@ -94,7 +93,7 @@ class _Run:
     self.algorithm = parts.algorithm
     init_key, self.key = jax.random.split(jax.random.key(config.seed))
     self.state = self.algorithm.init(parts.model.init(init_key))
-    self.evaluator = Evaluator(parts.model, self.engine, config.eval_batch_size) if parts.test is not None else None
+    self.evaluator = Evaluator(parts.model, self.engine, config.eval_batch_size)
     self.checkpointer = Checkpointer(workdir / "checkpoints")
     self.round = 0
     self.wall_before = 0.0
@@ -123,10 +122,14 @@ class _Run:
         record["round"] = self.round
         record["wall_s"] = self.wall_before + time.perf_counter() - start
         if config.eval_every and (self.round % config.eval_every == 0 or self.round == config.rounds):
-          if self.evaluator is not None:
+          if self.p.test is not None:
             tic = time.perf_counter()
             record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
             self.timings["eval"] = time.perf_counter() - tic
+          if config.eval_train:  # the global objective: the model's loss on every client's training data
+            tic = time.perf_counter()
+            record["eval_train"] = self.evaluator(self.state.params, self.p.train).metrics
+            self.timings["eval"] += time.perf_counter() - tic
         # Wall seconds of this round spent planning (host scheduler), gathering the cohort (host
         # data) and on the engine (device work, waited for through the per-client results).
         # (Like wall_s, these differ between runs of the same seed; everything else is identical.)
@@ -186,7 +189,7 @@ class _Run:
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
       p.planner.report(plan, np.zeros(0))
-    self.writer.write_timeline(self.round + 1, plan.clients, [STATUS_NAMES[int(s)] for s in plan.status],
+    self.writer.write_timeline(self.round + 1, plan.clients, plan.status,
                                plan.start, plan.download_end, plan.compute_end,
                                np.minimum(plan.finish, plan.drop_time), np.minimum(plan.finish, plan.drop_time))
     finished = plan.status == Status.AGGREGATED
@@ -228,7 +231,7 @@ class _Run:
       jax.block_until_ready(self.state.params)
     self._tick("engine", tic)
     finish = np.where(plan.status == Status.DROPPED, plan.finish, plan.finish)
-    self.writer.write_timeline(self.round + 1, plan.clients, [STATUS_NAMES[int(s)] for s in plan.status], plan.start,
+    self.writer.write_timeline(self.round + 1, plan.clients, plan.status, plan.start,
                                plan.download_end, plan.compute_end, finish, finish)
     record = {"clock_s": float(plan.step_time), "round_duration_s": float(plan.step_time - plan.start.min())
               if len(plan.start) else 0.0,
