@@ -4,6 +4,7 @@
     fedjaxscale --config=experiments/configs/synthetic.py:small --workdir=/tmp/fjs/small
     fedjaxscale --config=... --workdir=/tmp/fjs/run --resume        # continue from the last checkpoint
     fedjaxscale plot /tmp/fjs/run                                     # (re)draw the PNG plots
+    fedjaxscale --config=... --workdir=... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 Also ``python -m fedjaxscale.main``. A config that cannot run exits with code 2 and one message,
 before anything is written.
@@ -22,6 +23,11 @@ config_flags.DEFINE_config_file("config", None, "Experiment config: a Python fil
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its newest checkpoint.")
 flags.DEFINE_bool("overwrite", False, "Replace the run that --workdir holds.")
 flags.DEFINE_bool("progress", True, "Show a progress bar (or periodic log lines when not on a terminal).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index (0-based).")
+flags.DEFINE_bool("distributed", False, "Detect the cluster (SLURM, MPI, Kubernetes, TPU pod) and join it.")
+flags.DEFINE_integer("heartbeat_timeout_s", 60, "Multi-process runs: fail when a peer stops answering this long.")
 
 USAGE_ERROR = 2
 
@@ -51,12 +57,19 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # checkpoint libraries log every save at INFO
   from fedjaxscale.training import ConfigError, train_and_evaluate  # after flag parsing: keeps --help fast
+  from fedjaxscale.training import distributed
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                           auto=FLAGS.distributed, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+  except ValueError as e:
+    _fail(str(e))
   try:
     summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                                  show_progress=FLAGS.progress)
   except ConfigError as e:
     _fail(str(e))
-  print(json.dumps(summary, indent=1))
+  if distributed.is_lead():
+    print(json.dumps(summary, indent=1))
 
 
 def run():

@@ -24,17 +24,36 @@ IDLE = -1  # owner of a step that belongs to no client
 class CohortPart:
   """Lanes that share one ``[steps, batch]`` shape.
 
+  The examples are not copied out of their source: ``rows`` indexes the rows of ``features``
+  (a dataset's memory-mapped arrays, or arrays built from per-client dicts), and ``gather``
+  reads the rows of some lanes only, so in a multi-process run each process reads just the
+  lanes that land on its own devices.
+
   Attributes:
-    batch: feature name -> array ``[lanes, steps, batch, ...]``.
+    rows: int64 ``[lanes, steps, batch]``; the source row of every example slot (slots that
+      hold no example point at a valid row and are masked).
+    features: feature name -> array with a leading row axis (shared by all parts of a cohort).
     mask: bool ``[lanes, steps, batch]``; True where the slot holds a real example. A step with no
       real example changes nothing (no optimizer update).
     owner: int32 ``[lanes, steps]``; the cohort position of the client the step belongs to, or
       ``IDLE``. A client's steps are contiguous within one lane.
   """
 
-  batch: Mapping[str, np.ndarray]
+  rows: np.ndarray
+  features: Mapping[str, np.ndarray]
   mask: np.ndarray
   owner: np.ndarray
+
+  def gather(self, lanes: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
+    """The examples of ``lanes``: feature name -> ``[lanes, steps, batch, ...]``."""
+    rows = self.rows[lanes]
+    return {name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:])
+            for name, x in self.features.items()}
+
+  @property
+  def batch(self) -> dict[str, np.ndarray]:
+    """Every lane's examples (``gather()``); reads them all."""
+    return self.gather()
 
   @property
   def num_lanes(self) -> int:
@@ -75,86 +94,13 @@ class CohortPart:
     if extra == 0:
       return self
 
-    def pad(x, value=0):
+    def pad(x, value):
       return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
-    return CohortPart({k: pad(v) for k, v in self.batch.items()}, pad(self.mask, False), pad(self.owner, IDLE))
+    return CohortPart(pad(self.rows, self.rows.flat[0]), self.features, pad(self.mask, False), pad(self.owner, IDLE))
 
   def slice_lanes(self, start: int, stop: int) -> "CohortPart":
-    return CohortPart({k: v[start:stop] for k, v in self.batch.items()}, self.mask[start:stop],
-                      self.owner[start:stop])
-
-
-@dataclasses.dataclass(frozen=True)
-class CohortPart:
-  """Lanes that share one ``[steps, batch]`` shape.
-
-  Attributes:
-    batch: feature name -> array ``[lanes, steps, batch, ...]``.
-    mask: bool ``[lanes, steps, batch]``; True where the slot holds a real example. A step with no
-      real example changes nothing (no optimizer update).
-    owner: int32 ``[lanes, steps]``; the cohort position of the client the step belongs to, or
-      ``IDLE``. A client's steps are contiguous within one lane.
-  """
-
-  batch: Mapping[str, np.ndarray]
-  mask: np.ndarray
-  owner: np.ndarray
-
-  @property
-  def num_lanes(self) -> int:
-    return int(self.mask.shape[0])
-
-  @property
-  def num_steps(self) -> int:
-    return int(self.mask.shape[1])
-
-  @property
-  def batch_size(self) -> int:
-    return int(self.mask.shape[2])
-
-  @property
-  def packed(self) -> bool:
-    """True when some lane holds more than one client (a client then idle steps is not packed)."""
-    o = self.owner
-    changes = (o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)
-    return bool(np.any(changes))
-
-  def boundaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-step ``(start, end, local_step)``: a client's first step, its last, and the step's index
-    within the client's own local work."""
-    o = self.owner
-    start = np.ones_like(o, dtype=bool)
-    start[:, 1:] = o[:, 1:] != o[:, :-1]
-    end = np.ones_like(o, dtype=bool)
-    end[:, :-1] = o[:, 1:] != o[:, :-1]
-    steps = np.arange(o.shape[1], dtype=np.int32)[None, :]
-    first = np.maximum.accumulate(np.where(start, steps, 0), axis=1)
-    return start, end, (steps - first).astype(np.int32)
-
-  def pad_lanes(self, num_lanes: int) -> "CohortPart":
-    """Appends idle lanes (mask False, owner ``IDLE``) up to ``num_lanes``."""
-    extra = num_lanes - self.num_lanes
-    if extra < 0:
-      raise ValueError(f"cannot pad {self.num_lanes} lanes down to {num_lanes}")
-    if extra == 0:
-      return self
-
-    def pad(x, value=0):
-      return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
-
-    return CohortPart({k: pad(v) for k, v in self.batch.items()}, pad(self.mask, False), pad(self.owner, IDLE))
-
-  def slice_lanes(self, start: int, stop: int) -> "CohortPart":
-    return CohortPart({k: v[start:stop] for k, v in self.batch.items()}, self.mask[start:stop],
-                      self.owner[start:stop])
-
-  def client_steps(self, position: int) -> tuple[int, int, int]:
-    """``(lane, first_step, stop_step)`` of one client's local work in this part."""
-    lanes, steps = np.nonzero(self.owner == position)
-    if len(lanes) == 0:
-      raise KeyError(position)
-    return int(lanes[0]), int(steps.min()), int(steps.max()) + 1
+    return CohortPart(self.rows[start:stop], self.features, self.mask[start:stop], self.owner[start:stop])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,8 @@ Two ways in, one vectorised path:
 * ``make_cohort(client_examples, ...)``: a list of per-client dicts of NumPy arrays (notebooks,
   tests);
 * ``gather_cohort(dataset, clients, ...)``: clients of a ``FederatedDataset`` (the fast path:
-  one row-index array for the whole cohort, then one fancy-index gather per feature).
+  one row-index array for the whole cohort; the engine then reads each device's lanes with one
+  fancy-index gather per feature, so no process reads lanes it does not train).
 
 Each client's examples form a stream: its rows, shuffled afresh every epoch (or in data order with
 ``shuffle=False``), repeated as often as needed. Two local-work modes:
@@ -283,7 +284,7 @@ def _best_fit_decreasing(steps, order, length):
 
 def _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size, shuffle,
           rng) -> CohortPart:
-  """Builds the part's row indices ``[lanes, steps, batch]`` and gathers them."""
+  """Builds the part's row indices ``[lanes, steps, batch]`` (the engine gathers them)."""
   slots = np.maximum(steps, 1)
   client = np.repeat(np.arange(len(slots)), slots)  # one entry per (client, local step)
   local = np.arange(len(client)) - np.repeat(np.cumsum(slots) - slots, slots)
@@ -313,8 +314,7 @@ def _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes,
   where = (lane[client], offset[client] + local)
   rows[where] = starts[client][:, None] + within
   mask[where] = real
-  batch = {name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:]) for name, x in features.items()}
-  return CohortPart(batch=batch, mask=mask, owner=owner)
+  return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
 
 
 def padding_report(cohort: Cohort, lane_multiple: int = 1) -> dict[str, float]:

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
-from fedjaxscale.engine.executor import CLIENTS, Engine
+from fedjaxscale.engine.executor import CLIENTS, Engine, put_host, put_rows
 from fedjaxscale.models.model import Model
 
 
@@ -78,17 +78,20 @@ class Evaluator:
     owner = np.repeat(np.arange(len(index), dtype=np.int32), sizes)
     num_segments = bucket_size(len(index))
     sums = None
-    params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    params = self.engine.place_replicated(params) if self.engine.mesh is not None else \
+        put_host_tree(params, NamedSharding(self.mesh, P()))
+    sharded = NamedSharding(self.mesh, P(CLIENTS))
     for first in range(0, len(rows), self.batch_size):
       chunk = rows[first:first + self.batch_size]
       n = len(chunk)
       size = self.batch_size if len(rows) > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
       pad = size - n
-      batch = {k: np.asarray(v[np.pad(chunk, (0, pad), mode="edge")]) for k, v in dataset.features.items()}
-      mask = np.arange(size) < n
-      seg = np.pad(owner[first:first + n], (0, pad))
+      # Each process reads only the examples of its own devices' share of the batch.
+      batch = put_rows(dataset.features, np.pad(chunk, (0, pad), mode="edge"), sharded)
+      mask = put_host(np.arange(size) < n, sharded)
+      seg = put_host(np.pad(owner[first:first + n], (0, pad)), sharded)
       program = self._program(params, batch, num_segments)
-      out = program(params, jax.device_put((batch, mask, seg), NamedSharding(self.mesh, P(CLIENTS))))
+      out = program(params, (batch, mask, seg))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     names = ["count", "loss"] + list(self.model.metrics)
     if sums is None:
@@ -107,7 +110,7 @@ class Evaluator:
 
   def _program(self, params, batch, num_segments):
     key = (jax.tree.structure(params), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())),
-           num_segments)
+           num_segments)  # (shapes only: the batch values change every call)
     if key not in self._programs:
       model = self.model
 
@@ -121,3 +124,7 @@ class Evaluator:
       self._programs[key] = jax.jit(fn)
     return self._programs[key]
 
+
+
+def put_host_tree(tree, sharding):
+  return jax.tree.map(lambda x: put_host(np.asarray(x), sharding), tree)

@@ -144,9 +144,13 @@ class EngineStats:
 
 
 class _HostLanes(NamedTuple):
-  """A chunk's per-lane (one client per lane) or per-step (packed lanes) host arrays."""
+  """A chunk's per-lane (one client per lane) or per-step (packed lanes) host arrays.
 
-  batch: dict
+  ``rows`` indexes the cohort's features; the examples themselves are read per device when the
+  chunk is placed (``put_rows``).
+  """
+
+  rows: np.ndarray
   mask: np.ndarray
   owner: np.ndarray
   start: np.ndarray | None
@@ -166,7 +170,35 @@ def _host_lanes(part: CohortPart, cohort: Cohort) -> _HostLanes:
   start = end = local_step = None
   if packed:
     start, end, local_step = part.boundaries()
-  return _HostLanes(dict(part.batch), part.mask, owner.astype(np.int32), start, end, local_step, num_examples, weight)
+  return _HostLanes(part.rows, part.mask, owner.astype(np.int32), start, end, local_step, num_examples, weight)
+
+
+def put_host(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """Places a host array that every process holds whole; each process copies its own shards.
+
+  This and ``put_rows`` are the engine's deliberate transfers, so they are allowed under a
+  ``jax.transfer_guard('disallow')`` that catches implicit ones elsewhere.
+  """
+  x = np.asarray(x)
+  with jax.transfer_guard_host_to_device("allow"):
+    if jax.process_count() == 1:  # one batched transfer beats a callback per device
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
+  """Places ``features[rows]`` sharded over the leading axis, reading only this process's rows."""
+  def put(x):
+    def shard(index):
+      r = rows[index[0]]
+      return np.asarray(x[r.reshape(-1)]).reshape(r.shape + x.shape[1:])
+    return jax.make_array_from_callback(rows.shape + x.shape[1:], sharding, shard)
+  with jax.transfer_guard_host_to_device("allow"):
+    if jax.process_count() == 1:
+      flat = rows.reshape(-1)
+      return {name: jax.device_put(np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]), sharding)
+              for name, x in features.items()}
+    return {name: put(x) for name, x in features.items()}
 
 
 class Engine:
@@ -210,10 +242,24 @@ class Engine:
     return int(self.mesh.shape[CLIENTS]) if self.backend == "vmap" else 1
 
   def place_replicated(self, tree: PyTree) -> PyTree:
-    """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
+    """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends).
+
+    Leaves already replicated over the mesh stay where they are; others go through the host, so
+    this works in multi-process runs too (every process must pass the same values).
+    """
     if self.mesh is None:
       return tree
-    return jax.device_put(tree, NamedSharding(self.mesh, P()))
+    sharding = NamedSharding(self.mesh, P())
+
+    def place(x):
+      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
+      if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = put_host(np.asarray(jax.random.key_data(x)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+      return put_host(np.asarray(x), sharding)
+
+    return jax.tree.map(place, tree)
 
   def run(self, program: ClientProgram, shared: PyTree, cohort: Cohort,
           rng: PRNGKey) -> tuple[Aggregate, dict[str, np.ndarray]]:
@@ -244,35 +290,44 @@ class Engine:
     acc, results = None, []
     for part in cohort.parts:
       lanes = _host_lanes(part, cohort)
-      limit = self._chunk_limit(program, shared, lanes, rng)
+      features = part.features
+      limit = self._chunk_limit(program, shared, lanes, features, rng)
       start = 0
       for size in chunk_sizes(part.num_lanes, self.client_multiple, limit):
         chunk = _pad_lanes(_slice_lanes(lanes, start, min(start + size, part.num_lanes)), size)
         start += size
-        compiled, zeros = self._program(program, shared, chunk, rng)
-        acc, metrics, nonfinite = compiled(zeros() if acc is None else acc, shared, self._put_sharded(chunk), rng)
+        compiled, zeros = self._program(program, shared, chunk, features, rng)
+        acc, metrics, nonfinite = compiled(zeros() if acc is None else acc, shared,
+                                           self._put_sharded(chunk, features), rng)
         results.append((chunk, metrics, nonfinite))
         self.stats.chunks += 1
         self.stats.computed_example_steps += chunk.mask.size
     host = jax.device_get([(m, nf) for _, m, nf in results])
     return acc, [(chunk, m, nf) for (chunk, _, _), (m, nf) in zip(results, host)]
 
-  def _put_sharded(self, lanes: _HostLanes):
-    arrays = tuple(x for x in lanes if x is not None)
-    return jax.device_put(arrays, NamedSharding(self.mesh, P(CLIENTS)))
+  def _put_sharded(self, lanes: _HostLanes, features, abstract: bool = False):
+    """The chunk's device inputs (or their shapes, to compile): each process reads its own lanes."""
+    sharding = NamedSharding(self.mesh, P(CLIENTS))
+    small = tuple(x for x in lanes[1:] if x is not None)
+    if abstract:
+      batch = {k: jax.ShapeDtypeStruct(lanes.rows.shape + x.shape[1:], x.dtype, sharding=sharding)
+               for k, x in features.items()}
+      return (batch,) + tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) for x in small)
+    return (put_rows(features, lanes.rows, sharding),) + tuple(put_host(x, sharding) for x in small)
 
-  def _signature(self, program, shared, lanes: _HostLanes, rng):
+  def _signature(self, program, shared, lanes: _HostLanes, features, rng):
     abstract = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves((shared, rng, tuple(lanes))))
-    return (program, jax.tree.structure((shared, tuple(lanes))), abstract)
+    specs = tuple((k, x.shape[1:], str(x.dtype)) for k, x in sorted(features.items()))
+    return (program, jax.tree.structure((shared, tuple(lanes))), abstract, specs)
 
-  def _program(self, program, shared, lanes: _HostLanes, rng):
-    key = self._signature(program, shared, lanes, rng)
+  def _program(self, program, shared, lanes: _HostLanes, features, rng):
+    key = self._signature(program, shared, lanes, features, rng)
     with self._lock:
       if key not in self._programs:
-        self._programs[key] = self._compile(program, shared, lanes, rng)
+        self._programs[key] = self._compile(program, shared, lanes, features, rng)
       return self._programs[key]
 
-  def _compile(self, program, shared, lanes: _HostLanes, rng):
+  def _compile(self, program, shared, lanes: _HostLanes, features, rng):
     mesh = self.mesh
     packed = lanes.start is not None
 
@@ -310,21 +365,24 @@ class Engine:
     def per_shard(shared, data, rng):
       acc, metrics, nonfinite = (packed_lanes if packed else one_client_lanes)(shared, data, rng)
       local = jax.tree.map(lambda x: x.sum(0), acc)
-      return jax.lax.psum(local, CLIENTS), metrics, nonfinite
+      # Per-client scalars are tiny: gather them to every device (and so every process: the
+      # selection policy runs on each host with the same inputs).
+      gathered = jax.lax.all_gather((metrics, nonfinite), CLIENTS, tiled=True)
+      return jax.lax.psum(local, CLIENTS), *gathered
 
     # check_vma=False: client programs create constants (zeros for their running sums) that the
-    # varying-axes checker would ask every algorithm author to pcast; the one collective here is
-    # the psum of genuinely per-device partial sums, which needs no such typing.
+    # varying-axes checker would ask every algorithm author to pcast; the collectives here are a
+    # psum of genuinely per-device partial sums and an all_gather, which need no such typing.
     sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(CLIENTS), P()),
-                            out_specs=(P(), P(CLIENTS), P(CLIENTS)), check_vma=False)
+                            out_specs=(P(), P(), P()), check_vma=False)
 
     def step(acc, shared, data, rng):
       total, metrics, nonfinite = sharded(shared, data, rng)
       return _accumulate(acc, total), metrics, nonfinite
 
-    data = self._put_sharded(lanes)
+    data = self._put_sharded(lanes, features, abstract=True)
     replicated = NamedSharding(mesh, P())
-    acc = jax.eval_shape(lambda: _zero_aggregate(program, shared, lanes, rng))
+    acc = jax.eval_shape(lambda: _zero_aggregate(program, shared, rng))
     acc = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), acc)
     compiled = jax.jit(step, donate_argnums=(0,)).lower(acc, shared, data, rng).compile()
     # The accumulator's zeros are made on the devices by a program of their own: no per-round
@@ -334,18 +392,18 @@ class Engine:
     self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
     return compiled, zeros
 
-  def _chunk_limit(self, program, shared, lanes: _HostLanes, rng) -> int | None:
+  def _chunk_limit(self, program, shared, lanes: _HostLanes, features, rng) -> int | None:
     """Lanes per chunk: the user's bound, else what fits the memory budget."""
     if self.max_clients_per_chunk is not None:
       return self.max_clients_per_chunk
     num_lanes = lanes.mask.shape[0]
     probe_size = chunk_sizes(num_lanes, self.client_multiple)[0]
     probe = _pad_lanes(lanes, probe_size)
-    key = self._signature(program, shared, probe, rng)
+    key = self._signature(program, shared, probe, features, rng)
     if key in self._chunk_limits:
       return self._chunk_limits[key]
     budget = self.memory_budget_bytes or _default_memory_budget()
-    compiled, _ = self._program(program, shared, probe, rng)
+    compiled, _ = self._program(program, shared, probe, features, rng)
     stats = compiled.memory_analysis()
     used = 0
     if stats is not None:
@@ -384,7 +442,7 @@ class Engine:
       metrics, nonfinite, owners = [], [], []
       for lane, first, stop in zip(first_lane, first_step, stop_step):
         k = int(part.owner[lane, first])
-        batch = {name: _pad_steps(v[lane, first:stop], part.num_steps) for name, v in part.batch.items()}
+        batch = {name: _pad_steps(v[0, first:stop], part.num_steps) for name, v in part.gather([lane]).items()}
         mask = _pad_steps(part.mask[lane, first:stop], part.num_steps)
         try:
           weighted, w, nf, m = contribution(shared, batch, mask, cohort.num_examples[k], cohort.weights[k],
@@ -419,8 +477,7 @@ def _pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
 
 
 def _slice_lanes(lanes: _HostLanes, start: int, stop: int) -> _HostLanes:
-  return _HostLanes(*({k: v[start:stop] for k, v in x.items()} if isinstance(x, dict) else
-                      None if x is None else x[start:stop] for x in lanes))
+  return _HostLanes(*(None if x is None else x[start:stop] for x in lanes))
 
 
 def _pad_lanes(lanes: _HostLanes, size: int) -> _HostLanes:
@@ -432,14 +489,14 @@ def _pad_lanes(lanes: _HostLanes, size: int) -> _HostLanes:
     return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
   return _HostLanes(
-      {k: pad(v) for k, v in lanes.batch.items()}, pad(lanes.mask, False), pad(lanes.owner, IDLE),
+      pad(lanes.rows, lanes.rows.flat[0]), pad(lanes.mask, False), pad(lanes.owner, IDLE),
       None if lanes.start is None else pad(lanes.start, True),
       None if lanes.end is None else pad(lanes.end, True),
       None if lanes.local_step is None else pad(lanes.local_step),
       pad(lanes.num_examples), pad(lanes.weight))
 
 
-def _zero_aggregate(program, shared, lanes: _HostLanes, rng) -> Aggregate:
+def _zero_aggregate(program, shared, rng) -> Aggregate:
   """Zeros shaped like the clients' update (traces ``program`` once, abstractly)."""
   carry = program.init(shared, rng)
   out = program.finish(shared, carry, jnp.zeros((), jnp.float32))

@@ -31,6 +31,7 @@ from fedjaxscale.engine import Aggregate, Evaluator
 from fedjaxscale.scheduler import Status
 from fedjaxscale.training import outputs, plots
 from fedjaxscale.training.checkpoint import Checkpointer
+from fedjaxscale.training.distributed import is_lead
 from fedjaxscale.training.progress import Progress
 from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes
 
@@ -101,7 +102,7 @@ class _Run:
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
     if resume:
       self._restore()
-    lead = jax.process_index() == 0  # in multi-process runs only the first process writes
+    self.lead = lead = is_lead()  # in multi-process runs only process 0 writes files
     self.writer = outputs.RunWriter(workdir, enabled=lead, resume_round=self.round if resume else None)
     if not resume:
       self.writer.write_config(json.loads(config.to_json_best_effort()))
@@ -143,10 +144,12 @@ class _Run:
         if config.checkpoint_every and (self.round % config.checkpoint_every == 0 or self.round == config.rounds):
           self._save(self.wall_before + time.perf_counter() - start)
       wall = self.wall_before + time.perf_counter() - start
-      summary = outputs.summarize(outputs.read_metrics(self.workdir), target_accuracy=config.target_accuracy or None,
+      records = outputs.read_metrics(self.workdir) if self.lead else []
+      summary = outputs.summarize(records, target_accuracy=config.target_accuracy or None,
                                   wall_s=wall, clients_trained=self.clients_trained)
       self.writer.write_summary(summary)
-      plots.make_plots(self.workdir)
+      if self.lead:
+        plots.make_plots(self.workdir)
       return summary
     finally:
       if self.progress is not None:

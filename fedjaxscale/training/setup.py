@@ -20,6 +20,7 @@ from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_sy
 from fedjaxscale.engine import Engine
 from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
 from fedjaxscale.systems import LatencyModel, TraceError, generate_traces, load_traces, model_bits
+from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
@@ -119,11 +120,11 @@ def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, Federate
       test = FederatedDataset.open(root / "test") if (root / "test" / "meta.json").exists() else None
       return train, test
     root = workdir / "data"
-    if (root / "train" / "meta.json").exists():
-      return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
-    splits = write_synthetic(root, config.data.num_clients, alpha=config.data.alpha, beta=config.data.beta,
-                             iid=config.data.iid, seed=config.data.seed, max_size=config.data.max_size or None)
-    return splits["train"], splits["test"]
+    if is_lead() and not (root / "train" / "meta.json").exists():  # one writer; the rest wait, then read
+      write_synthetic(root, config.data.num_clients, alpha=config.data.alpha, beta=config.data.beta,
+                      iid=config.data.iid, seed=config.data.seed, max_size=config.data.max_size or None)
+    barrier("fedjaxscale:synthetic-data")
+    return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
   except DatasetError as e:
     raise ConfigError(f"config.data: {e}") from e
 
