@@ -228,3 +228,30 @@ def test_femnist_cnn_runs_in_vmap_backend():
   state = alg.init(model.init(jax.random.key(0)))
   state, diags = alg.apply(state, make_cohort(data, 2, local_steps=2), jax.random.key(0))
   assert np.isfinite(diags["train_loss"]) and diags["num_nonfinite"] == 0
+
+
+def test_scan_unroll_and_cpu_chunk_cap_do_not_change_results():
+  cohort = make_cohort(clients(), BATCH, local_steps=3, shuffle=False)
+  rolled, _ = run_rounds(Engine("vmap", scan_unroll=1), cohort, rounds=1)
+  unrolled, _ = run_rounds(Engine("vmap", scan_unroll=True), cohort, rounds=1)
+  assert_trees_close(rolled.params, unrolled.params)
+  from fedjaxscale.engine import executor
+  old = executor.CPU_LANES_PER_DEVICE
+  executor.CPU_LANES_PER_DEVICE = 1  # 7 lanes over 4 devices -> chunks of 4 lanes
+  try:
+    engine = Engine("vmap")
+    capped, _ = run_rounds(engine, cohort, rounds=1)
+  finally:
+    executor.CPU_LANES_PER_DEVICE = old
+  assert engine.stats.chunks == 2
+  assert_trees_close(rolled.params, capped.params)
+
+
+def test_loop_backend_pads_packed_clients_to_their_own_bucket():
+  cohort = make_cohort(clients(), BATCH, local_epochs=2, shuffle=False)
+  assert cohort.parts[0].packed
+  engine = Engine("loop")
+  run_rounds(engine, cohort, rounds=1)
+  lane_steps = cohort.parts[0].num_steps
+  assert engine.stats.computed_example_steps < len(clients()) * lane_steps * BATCH
+  assert engine.stats.padding_efficiency > 0.9

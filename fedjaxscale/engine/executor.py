@@ -38,12 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart, chunk_sizes
 from fedjaxscale.core.tree import tree_all_finite, tree_size_bytes, tree_where
 from fedjaxscale.core.types import PRNGKey, PyTree
 
 CLIENTS = "clients"
 BACKENDS = ("vmap", "loop", "debug")
+CPU_LANES_PER_DEVICE = 1024  # default chunk cap on CPU (see Engine)
+CPU_UNROLL_STEPS = 8  # default: fully unroll local-step scans up to this long on CPU (see Engine)
 
 
 class ClientOutput(NamedTuple):
@@ -88,14 +91,14 @@ class ClientError(RuntimeError):
   """Raised by the ``debug`` backend: names the client whose update failed."""
 
 
-def run_client(program: ClientProgram, shared, batch, mask, num_examples, rng) -> ClientOutput:
+def run_client(program: ClientProgram, shared, batch, mask, num_examples, rng, unroll: int | bool = 1) -> ClientOutput:
   """One client's whole local work: ``init``, a ``scan`` of ``step`` over its steps, ``finish``."""
   def body(carry, xs):
     b, m, s = xs
     return program.step(shared, carry, b, m, jax.random.fold_in(rng, s)), None
 
   steps = jnp.arange(mask.shape[0], dtype=jnp.int32)
-  carry, _ = jax.lax.scan(body, program.init(shared, rng), (batch, mask, steps))
+  carry, _ = jax.lax.scan(body, program.init(shared, rng), (batch, mask, steps), unroll=unroll)
   return program.finish(shared, carry, num_examples)
 
 
@@ -210,7 +213,12 @@ class Engine:
     max_clients_per_chunk: the most lanes (clients, or packed lanes of clients) one compiled
       call trains. Default: as many as fit ``memory_budget_bytes``, found from XLA's memory
       analysis of the compiled program.
-    memory_budget_bytes: default: half the accelerator's memory (a quarter of RAM on CPU).
+    memory_budget_bytes: default: half the accelerator's memory (a quarter of RAM on CPU). On
+      CPU, chunks also hold at most 1,024 lanes per device by default: measured 2.5x faster than
+      one 10,240-lane chunk for logistic regression (caches), at no cost in correctness.
+    scan_unroll: ``unroll`` of the local-step ``lax.scan`` of lanes that hold one client each.
+      Default: on CPU, unroll scans of up to 8 steps fully (XLA:CPU runs convolutions inside a
+      loop body several times slower than unrolled: jax-ml/jax#12868), else 1.
 
   Example::
 
@@ -219,7 +227,8 @@ class Engine:
   """
 
   def __init__(self, backend: str = "vmap", mesh: jax.sharding.Mesh | None = None,
-               max_clients_per_chunk: int | None = None, memory_budget_bytes: int | None = None):
+               max_clients_per_chunk: int | None = None, memory_budget_bytes: int | None = None,
+               scan_unroll: int | bool | None = None):
     if backend not in BACKENDS:
       raise ValueError(f"unknown engine backend {backend!r}; expected one of {BACKENDS}")
     if max_clients_per_chunk is not None and max_clients_per_chunk < 1:
@@ -230,6 +239,7 @@ class Engine:
       raise ValueError(f"the engine's mesh needs a {CLIENTS!r} axis, got axes {self.mesh.axis_names}")
     self.max_clients_per_chunk = max_clients_per_chunk
     self.memory_budget_bytes = memory_budget_bytes
+    self.scan_unroll = scan_unroll
     self.stats = EngineStats()
     self._programs: dict[Any, Any] = {}
     self._chunk_limits: dict[Any, int | None] = {}
@@ -334,8 +344,8 @@ class Engine:
     def one_client_lanes(shared, data, rng):
       batch, mask, owner, num_examples, weight = data
       keys = jax.vmap(_client_key, in_axes=(None, 0))(rng, owner)
-      out = jax.vmap(functools.partial(run_client, program), in_axes=(None, 0, 0, 0, 0))(
-          shared, batch, mask, num_examples, keys)
+      out = jax.vmap(functools.partial(run_client, program, unroll=self._unroll(mask.shape[1])),
+                     in_axes=(None, 0, 0, 0, 0))(shared, batch, mask, num_examples, keys)
       weighted, w, nonfinite = jax.vmap(_weigh)(out, weight, owner != IDLE)
       return Aggregate(weighted, w, nonfinite.astype(jnp.int32)), out.metrics, nonfinite
 
@@ -392,13 +402,24 @@ class Engine:
     self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
     return compiled, zeros
 
+  def _unroll(self, steps: int) -> int | bool:
+    if self.scan_unroll is not None:
+      return self.scan_unroll
+    return True if jax.default_backend() == "cpu" and steps <= CPU_UNROLL_STEPS else 1
+
   def _chunk_limit(self, program, shared, lanes: _HostLanes, features, rng) -> int | None:
-    """Lanes per chunk: the user's bound, else what fits the memory budget."""
+    """Lanes per chunk: the user's bound, else what fits the memory budget (and the CPU cap)."""
     if self.max_clients_per_chunk is not None:
       return self.max_clients_per_chunk
+    cap = CPU_LANES_PER_DEVICE * self.client_multiple if jax.default_backend() == "cpu" else None
+    limit = self._memory_limit(program, shared, lanes, features, rng, cap)
+    return cap if limit is None else limit
+
+  def _memory_limit(self, program, shared, lanes: _HostLanes, features, rng, cap: int | None) -> int | None:
+    """The lanes that fit the memory budget, from XLA's analysis of a probe chunk (None: all)."""
     num_lanes = lanes.mask.shape[0]
-    probe_size = chunk_sizes(num_lanes, self.client_multiple)[0]
-    probe = _pad_lanes(lanes, probe_size)
+    probe_size = chunk_sizes(num_lanes, self.client_multiple, cap)[0]
+    probe = _pad_lanes(_slice_lanes(lanes, 0, min(num_lanes, probe_size)), probe_size)
     key = self._signature(program, shared, probe, features, rng)
     if key in self._chunk_limits:
       return self._chunk_limits[key]
@@ -442,8 +463,10 @@ class Engine:
       metrics, nonfinite, owners = [], [], []
       for lane, first, stop in zip(first_lane, first_step, stop_step):
         k = int(part.owner[lane, first])
-        batch = {name: _pad_steps(v[0, first:stop], part.num_steps) for name, v in part.gather([lane]).items()}
-        mask = _pad_steps(part.mask[lane, first:stop], part.num_steps)
+        # Pad to the client's own step bucket (not the lane length): a few shapes, little waste.
+        steps = bucket_size(int(stop - first))
+        batch = {name: _pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
+        mask = _pad_steps(part.mask[lane, first:stop], steps)
         try:
           weighted, w, nf, m = contribution(shared, batch, mask, cohort.num_examples[k], cohort.weights[k],
                                             _client_key(rng, k))
@@ -457,7 +480,7 @@ class Engine:
         metrics.append(m)
         nonfinite.append(nf)
         owners.append(k)
-        self.stats.computed_example_steps += part.num_steps * part.batch_size
+        self.stats.computed_example_steps += steps * part.batch_size
       if owners:
         metrics, nonfinite = jax.device_get((metrics, nonfinite))
         results.append((np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]},
