@@ -98,6 +98,23 @@ def fedopt(
     client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
     engine: Engine | None = None,
 ) -> Algorithm:
-  """FedAvg's clients with Reddi et al.'s adaptive server rule ``rule``."""
+  """FedAvg's clients with Reddi et al.'s adaptive server rule ``rule`` (``fedyogi`` and co. call this).
+
+  Args:
+    model: the model trained.
+    client_optimizer: e.g. ``optax.sgd(0.05)``.
+    rule: ``'adagrad'``, ``'adam'`` or ``'yogi'``.
+    server_lr: eta.
+    beta1: momentum decay.
+    beta2: second-moment decay (unused by adagrad).
+    tau: adaptivity (and sqrt of the initial v).
+    initial_v: v_0, default tau^2 (FedScale starts its Yogi at tau).
+    weighting: ``'num_examples'`` or ``'uniform'`` mean of the client deltas.
+    client_lr_schedule: optional ``round -> multiplier`` of the client's steps.
+    engine: where cohorts run.
+
+  Returns:
+    ``Algorithm(init, apply, ...)``.
+  """
   program = local_training(model, client_optimizer, weighting=weighting, client_lr_schedule=client_lr_schedule)
   return build_algorithm(program, fedopt_server(rule, server_lr, beta1, beta2, tau, initial_v), engine)

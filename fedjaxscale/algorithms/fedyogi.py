@@ -8,30 +8,15 @@ with m starting at 0, v at tau^2 and no bias correction (see ``fedopt`` for why 
 optimizer is not used).
 """
 
-from typing import Callable
-
-import jax
 import optax
 
 from fedjaxscale.algorithms.base import Algorithm
 from fedjaxscale.algorithms.fedopt import fedopt
-from fedjaxscale.engine.executor import Engine
 from fedjaxscale.models.model import Model
 
 
-def fedyogi(
-    model: Model,
-    client_optimizer: optax.GradientTransformation,
-    server_lr: float = 1e-2,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    tau: float = 1e-3,
-    *,
-    initial_v: float | None = None,
-    weighting: str = "num_examples",
-    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-    engine: Engine | None = None,
-) -> Algorithm:
+def fedyogi(model: Model, client_optimizer: optax.GradientTransformation, server_lr: float = 1e-2,
+           beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kwargs) -> Algorithm:
   """FedYogi (Reddi et al. 2021).
 
   Args:
@@ -41,13 +26,9 @@ def fedyogi(
     beta1: momentum decay.
     beta2: second-moment decay.
     tau: adaptivity (and sqrt of the initial v).
-    initial_v: v_0, default tau^2.
-    weighting: ``'num_examples'`` or ``'uniform'`` mean of the client deltas.
-    client_lr_schedule: optional ``round -> multiplier`` of the client's steps.
-    engine: where cohorts run.
+    **kwargs: ``initial_v``, ``weighting``, ``client_lr_schedule``, ``engine``, as ``fedopt``.
 
   Returns:
     ``Algorithm(init, apply, ...)``.
   """
-  return fedopt(model, client_optimizer, "yogi", server_lr, beta1, beta2, tau, initial_v=initial_v,
-                weighting=weighting, client_lr_schedule=client_lr_schedule, engine=engine)
+  return fedopt(model, client_optimizer, "yogi", server_lr, beta1, beta2, tau, **kwargs)
