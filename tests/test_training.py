@@ -213,3 +213,43 @@ def test_femnist_fedscale_small_on_fixture_data(tmp_path):
                        show_progress=False)
     records = read_metrics(workdir)
     assert len(records) == 2 and np.isfinite(records[-1]["eval"]["accuracy"])
+
+
+def _write_splits(root, make, n_clients=12, seed=0):
+  """Train and test splits of ``n_clients`` clients whose features ``make(rng, n)`` returns."""
+  rng = np.random.default_rng(seed)
+  for split in ("train", "test"):
+    sizes = rng.integers(3, 9, n_clients)
+    write_dataset(root / split, [f"c{i}" for i in range(n_clients)], make(rng, int(sizes.sum())), sizes)
+  return root
+
+
+def _tokens(vocab, length, scalar_label=False):
+  def make(rng, n):
+    x = rng.integers(3, vocab, (n, length)).astype(np.int32)
+    x[:, length - 3:] = 0  # right padding
+    y = rng.integers(0, vocab, n).astype(np.int32) if scalar_label else np.roll(x, -1, axis=1)
+    return {"x": x, "y": y}
+  return make
+
+
+def _images(shape, classes):
+  def make(rng, n):
+    return {"x": rng.integers(0, 256, (n, *shape), dtype=np.uint8), "y": rng.integers(0, classes, n).astype(np.int32)}
+  return make
+
+
+@pytest.mark.parametrize("config, variant, make", [
+    ("emnist_fedyogi", "small", _images((28, 28), 62)),
+    ("shakespeare_fedavg", "small", _tokens(90, 16)),
+    ("shakespeare_fedavg", "leaf,small", _tokens(80, 80, scalar_label=True)),
+    ("stackoverflow_nwp", "small", _tokens(54, 20)),
+    ("femnist_fedscale", "resnet18,small", _images((28, 28), 62)),
+])
+def test_real_data_configs_run_on_fixture_data(tmp_path, config, variant, make):
+  root = _write_splits(tmp_path / "data", make)
+  workdir = tmp_path / "run"
+  train_and_evaluate(load_config(config, variant, **{"data.path": str(root)}), workdir, show_progress=False)
+  records = read_metrics(workdir)
+  assert len(records) == 2 and all(r["aggregated"] >= 1 for r in records)
+  assert np.isfinite(records[-1]["train_loss"]) and 0 <= records[-1]["eval"]["accuracy"] <= 1

@@ -12,6 +12,8 @@ FEMNIST itself comes from a converter (see data_pipelines/); point data.path at 
         --config.data.path=/data/femnist_fjs
     fedjaxscale --config=experiments/configs/femnist_fedscale.py:yogi --workdir=/tmp/fjs/femnist_yogi \
         --config.data.path=/data/femnist_fjs
+    fedjaxscale --config=experiments/configs/femnist_fedscale.py:resnet18 --workdir=/tmp/fjs/femnist_r18 \
+        --config.data.path=/data/femnist_fjs
 """
 
 from fedjaxscale.training.defaults import get_base
@@ -19,8 +21,8 @@ from fedjaxscale.training.defaults import get_base
 
 def get_config(arg: str | None = None):
   variants = set((arg or "fedavg").split(","))
-  if variants - {"fedavg", "yogi", "small"}:
-    raise ValueError(f"variant {arg!r}: expected 'fedavg' or 'yogi', optionally with ',small'")
+  if variants - {"fedavg", "yogi", "resnet18", "small"}:
+    raise ValueError(f"variant {arg!r}: expected 'fedavg', 'yogi' or 'resnet18', optionally with ',small'")
   c = get_base()
   c.rounds = 1000
   c.clients_per_round = 50
@@ -49,10 +51,15 @@ def get_config(arg: str | None = None):
     c.algorithm.beta1 = 0.9
     c.algorithm.beta2 = 0.99
     c.algorithm.initial_v = 1e-8  # FedScale starts v at tau
+  if "resnet18" in variants:
+    c.model.name = "resnet18_gn"
+    c.model.width = 64
+    c.model.groups = 2
   if "small" in variants:
     c.rounds = 2
     c.clients_per_round = 4
     c.model.dense = 64
+    c.model.width = 8
     c.eval_every = 2
     c.checkpoint_every = 2
   return c

@@ -16,8 +16,8 @@ import optax
 
 from fedjaxscale.core.types import Array, Batch, Params, PRNGKey
 
-# Per-example function of (batch, predictions) -> [batch] (or [batch, time] for sequence models,
-# where a second-level mask, e.g. padding tokens, is folded in by ``token_mask``).
+# Per-example function of (batch, predictions) -> [batch]. Sequence models fold their token mask
+# (padding) into it: see ``models/sequence.py``.
 PerExampleFn = Callable[[Batch, Array], Array]
 
 

@@ -22,10 +22,15 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.seed = 0  # synthetic: data generation seed
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "logistic_regression"  # 'logistic_regression', 'mlp' or 'femnist_cnn'
+  c.model.name = "logistic_regression"  # see fedjaxscale/training/setup.py MODELS
   c.model.num_classes = 10  # output classes
   c.model.hidden = (200, 200)  # mlp: hidden widths
   c.model.dense = 2048  # femnist_cnn: width of the dense layer
+  c.model.vocab_size = 0  # sequence models: vocabulary without the special ids (0: the model's default)
+  c.model.embed_dim = 0  # sequence models: embedding width (0: the model's default)
+  c.model.lstm_sizes = ()  # sequence models: LSTM widths (empty: the model's default)
+  c.model.width = 64  # resnet18_gn: width of the first stage
+  c.model.groups = 2  # resnet18_gn: group-norm groups
 
   c.algorithm = ml_collections.ConfigDict()
   c.algorithm.name = "fedavg"  # 'fedavg', 'fedprox', 'fedyogi', 'fedadam' or 'fedadagrad'
@@ -50,6 +55,7 @@ def get_base() -> ml_collections.ConfigDict:
 
   c.system = ml_collections.ConfigDict()
   c.system.traces = "traces/synthetic_10k.npz"  # trace file ('' generates traces for the population)
+  c.system.always_online = False  # keep the traces' speeds but make every client available all the time
   c.system.mapping = "modulo"  # population member i -> trace entry: 'modulo', 'fedscale' or 'identity'
   c.system.mode = "sync"  # 'sync' or 'async' (FedBuff)
   c.system.selection = "random"  # 'random' among online clients, or 'oort'

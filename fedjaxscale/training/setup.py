@@ -19,12 +19,14 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
 from fedjaxscale.engine import Engine
 from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
-from fedjaxscale.systems import LatencyModel, TraceError, generate_traces, load_traces, model_bits
+from fedjaxscale.systems import (Availability, LatencyModel, SystemTraces, TraceError, generate_traces, load_traces,
+                                 model_bits)
 from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
-MODELS = ("logistic_regression", "mlp", "femnist_cnn")
+MODELS = ("logistic_regression", "mlp", "femnist_cnn", "resnet18_gn", "speech_cnn", "shakespeare_lstm",
+          "shakespeare_seq_lstm", "stackoverflow_lstm")
 
 
 class ConfigError(ValueError):
@@ -133,8 +135,17 @@ def build_model(config, train: FederatedDataset) -> models.Model:
   m = config.model
   specs = train.feature_specs
   _require("x" in specs and "y" in specs, "data", f"the dataset needs features 'x' and 'y', it has {sorted(specs)}")
+  seq = {k: v for k, v in (("vocab_size", m.vocab_size), ("embed_dim", m.embed_dim),
+                            ("lstm_sizes", tuple(m.lstm_sizes))) if v}
+  x_shape = tuple(specs["x"][1])
   if m.name == "femnist_cnn":
     model = models.femnist_cnn(m.num_classes, dense=m.dense)
+  elif m.name == "resnet18_gn":
+    model = models.resnet18_gn(m.num_classes, groups=m.groups, width=m.width, image_shape=x_shape)
+  elif m.name == "speech_cnn":
+    model = models.speech_cnn(m.num_classes, num_mels=x_shape[-1])
+  elif m.name in ("shakespeare_lstm", "shakespeare_seq_lstm", "stackoverflow_lstm"):
+    model = getattr(models, m.name)(**seq)
   elif m.name == "mlp":
     model = models.mlp(int(np.prod(specs["x"][1])), m.num_classes, tuple(m.hidden))
   else:
@@ -188,6 +199,8 @@ def build(config, workdir: pathlib.Path) -> RunParts:
     else:
       traces = generate_traces(train.num_clients, seed=config.seed)
     traces = traces.for_population(train.num_clients, mapping=s.mapping)
+    if s.always_online:
+      traces = _always_online(traces)
   except TraceError as e:
     raise ConfigError(f"config.system.traces: {e}") from e
   local = config.local
@@ -210,6 +223,16 @@ def build(config, workdir: pathlib.Path) -> RunParts:
   except ValueError as e:  # the scheduler names its own bad settings
     raise ConfigError(f"config.system: {e}") from e
   return RunParts(train, test, model, algorithm, engine, planner, traces, latency, full_steps, num_params)
+
+
+def _always_online(traces):
+  """The same devices (speeds, bandwidths), each available for the whole trace period."""
+  n = traces.num_clients
+  period = float(np.max(traces.availability.period))
+  availability = Availability.from_intervals(np.arange(n + 1, dtype=np.int64), np.zeros(n), np.full(n, period), period,
+                                             source="always online")
+  return SystemTraces.create(traces.compute_ms, traces.down_kbps, traces.up_kbps, availability,
+                             source="always online")
 
 
 def _planner(config, traces, latency, sizes, policy):
