@@ -192,9 +192,9 @@ class _Run:
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
       p.planner.report(plan, np.zeros(0))
-    self.writer.write_timeline(self.round + 1, plan.clients, plan.status,
-                               plan.start, plan.download_end, plan.compute_end,
-                               np.minimum(plan.finish, plan.drop_time), np.minimum(plan.finish, plan.drop_time))
+    ended = np.minimum(plan.finish, plan.drop_time)  # the upload's end, or when the client went offline
+    self.writer.write_timeline(self.round + 1, plan.clients, plan.status, plan.start, plan.download_end,
+                               plan.compute_end, ended, ended)
     finished = plan.status == Status.AGGREGATED
     return record, (plan.finish - plan.start)[finished]
 
@@ -233,9 +233,9 @@ class _Run:
       self.state = self.algorithm.server_update(self.state, buffer)
       jax.block_until_ready(self.state.params)
     self._tick("engine", tic)
-    finish = np.where(plan.status == Status.DROPPED, plan.finish, plan.finish)
+    # An async plan's finish is the arrival time, or for dropped clients the time they left.
     self.writer.write_timeline(self.round + 1, plan.clients, plan.status, plan.start,
-                               plan.download_end, plan.compute_end, finish, finish)
+                               plan.download_end, plan.compute_end, plan.finish, plan.finish)
     record = {"clock_s": float(plan.step_time), "round_duration_s": float(plan.step_time - plan.start.min())
               if len(plan.start) else 0.0,
               "selected": int(len(plan.clients)), "aggregated": int(len(plan.step_clients)), "stragglers": 0,
