@@ -30,6 +30,7 @@ test: install-test
 bench: install
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/scheduler.py
+	$(PY) benchmarks/devices.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -211,3 +211,12 @@ def test_cohort_checks_its_owners():
     Cohort(good.parts, np.array(["a", "b", "c"]), np.ones(3, np.float32), np.ones(3, np.float32))
   with pytest.raises(ValueError, match="shape"):
     Cohort(good.parts, np.array(["a", "b"]), np.ones(3, np.float32), np.ones(2, np.float32))
+
+
+def test_a_cohort_too_large_to_build_is_refused_with_numbers(monkeypatch):
+  from fedjaxscale.data import cohort as cohort_lib
+  monkeypatch.setattr(cohort_lib, "MAX_SLOTS", 100)
+  data = numbered([400, 8, 8])
+  # The longest client has 100 steps; lanes are the coarse bucket above it, 128.
+  with pytest.raises(ValueError, match=r"3 lanes x 128 steps x batch 4 = 1,536 example slots.*for 416 real.*pack=True"):
+    make_cohort(data, batch_size=4, local_epochs=1, pack=False)

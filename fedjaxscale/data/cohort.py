@@ -36,6 +36,8 @@ import numpy as np
 from fedjaxscale.core.buckets import bucket_size, coarse_bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart
 
+MAX_SLOTS = 2**28  # example slots a cohort may have (about 2.3 GiB of row indices and masks)
+
 
 def make_cohort(
     client_examples: Sequence[Mapping[str, np.ndarray]],
@@ -197,6 +199,13 @@ def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, l
 
   lane, offset, num_lanes, lane_steps = pack_lanes(np.maximum(steps, 1), pack=pack, lane_multiple=lane_multiple,
                                                    min_lane_steps=min_lane_steps, reuse_shapes=reuse_shapes)
+  slots = num_lanes * lane_steps * batch_size
+  if slots > MAX_SLOTS:
+    raise ValueError(
+        f"this cohort would need {num_lanes:,} lanes x {lane_steps:,} steps x batch {batch_size} = {slots:,} example "
+        f"slots (about {slots * 9 / 2**30:.1f} GiB of indices and masks) for {int(steps.sum() * batch_size):,} real "
+        f"ones" + ("; pack=True lays short clients end to end instead" if not pack else
+                   "; use fewer clients, fewer local steps, or cap the largest clients"))
   part = _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size,
                shuffle, np.random.default_rng(seed))
   return Cohort((part,), client_ids, sizes.astype(np.float32), weights)
