@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
-from fedjaxscale.engine.executor import CLIENTS, Engine, put_host, put_rows
+from fedjaxscale.engine.executor import CLIENTS, Engine, place_replicated, put_host, put_rows
 from fedjaxscale.models.model import Model
 
 
@@ -70,16 +70,12 @@ class Evaluator:
 
   def __call__(self, params, dataset, clients: np.ndarray | None = None) -> EvalResult:
     """Evaluates ``params`` on ``clients`` (indices; default all) of ``dataset``."""
-    offsets = np.asarray(dataset.offsets)
     index = np.arange(dataset.num_clients) if clients is None else np.asarray(clients, np.int64)
-    starts, stops = offsets[index], offsets[index + 1]
-    sizes = stops - starts
-    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops)]) if len(index) else np.zeros(0, np.int64)
+    rows, sizes = dataset.client_rows(index)
     owner = np.repeat(np.arange(len(index), dtype=np.int32), sizes)
     num_segments = bucket_size(len(index))
     sums = None
-    params = self.engine.place_replicated(params) if self.engine.mesh is not None else \
-        put_host_tree(params, NamedSharding(self.mesh, P()))
+    params = place_replicated(params, self.mesh)
     sharded = NamedSharding(self.mesh, P(CLIENTS))
     for first in range(0, len(rows), self.batch_size):
       chunk = rows[first:first + self.batch_size]
@@ -125,6 +121,3 @@ class Evaluator:
     return self._programs[key]
 
 
-
-def put_host_tree(tree, sharding):
-  return jax.tree.map(lambda x: put_host(np.asarray(x), sharding), tree)

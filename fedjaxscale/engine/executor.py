@@ -40,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart, chunk_sizes
-from fedjaxscale.core.tree import tree_all_finite, tree_size_bytes, tree_where
+from fedjaxscale.core.tree import tree_all_finite, tree_where
 from fedjaxscale.core.types import PRNGKey, PyTree
 
 CLIENTS = "clients"
@@ -189,6 +189,25 @@ def put_host(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """Puts ``tree`` on every device of ``mesh``.
+
+  Leaves already replicated over the mesh stay where they are; others go through the host, so
+  this works in multi-process runs too (every process must pass the same values).
+  """
+  sharding = NamedSharding(mesh, P())
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = put_host(np.asarray(jax.random.key_data(x)), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return put_host(np.asarray(x), sharding)
+
+  return jax.tree.map(place, tree)
+
+
 def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
   """Places ``features[rows]`` sharded over the leading axis, reading only this process's rows."""
   def put(x):
@@ -252,24 +271,8 @@ class Engine:
     return int(self.mesh.shape[CLIENTS]) if self.backend == "vmap" else 1
 
   def place_replicated(self, tree: PyTree) -> PyTree:
-    """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends).
-
-    Leaves already replicated over the mesh stay where they are; others go through the host, so
-    this works in multi-process runs too (every process must pass the same values).
-    """
-    if self.mesh is None:
-      return tree
-    sharding = NamedSharding(self.mesh, P())
-
-    def place(x):
-      if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
-        return x
-      if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        data = put_host(np.asarray(jax.random.key_data(x)), sharding)
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-      return put_host(np.asarray(x), sharding)
-
-    return jax.tree.map(place, tree)
+    """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
+    return tree if self.mesh is None else place_replicated(tree, self.mesh)
 
   def run(self, program: ClientProgram, shared: PyTree, cohort: Cohort,
           rng: PRNGKey) -> tuple[Aggregate, dict[str, np.ndarray]]:
@@ -551,8 +554,3 @@ def _per_client(cohort: Cohort, results) -> dict[str, np.ndarray]:
       put(*item)
   out["nonfinite"] = nonfinite
   return out
-
-
-def aggregate_bytes(aggregate: Aggregate) -> int:
-  """Bytes of the one model-sized result a round returns from the devices."""
-  return tree_size_bytes(aggregate.update_sum)
