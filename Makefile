@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test bench clean
+.PHONY: demo test lint format install install-test bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/fedjaxscale --config=experiments/configs/synthetic.py --workdir=runs/demo --overwrite
 
-test: install-test
+test: install-test lint
 	$(TEST_ENV) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# ruff's lint rules and formatter, configured in pyproject.toml (2-space indents, double quotes).
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-test
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: install
 	$(PY) benchmarks/engine.py

@@ -53,18 +53,29 @@ def main():
   rows = []
   for n in [int(c) for c in args.counts.split(",")]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-    out = subprocess.run([sys.executable, "-c", WORKER, str(args.clients), str(args.repeats)], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+      [sys.executable, "-c", WORKER, str(args.clients), str(args.repeats)],
+      env=env,
+      capture_output=True,
+      text=True,
+      check=True,
+    )
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   base = rows[0]["best_s"]
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
-        f"{os.getloadavg()[0]:.1f}; {args.clients} clients x 10 steps x batch 10, logistic regression; "
-        f"best of {args.repeats} rounds after the first (compiling) one\n")
-  print("| forced CPU devices | first round (compile) s | round s (best) | round s (median) | clients/s | vs 1 device |")
+  print(
+    f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load "
+    f"{os.getloadavg()[0]:.1f}; {args.clients} clients x 10 steps x batch 10, logistic regression; "
+    f"best of {args.repeats} rounds after the first (compiling) one\n"
+  )
+  print(
+    "| forced CPU devices | first round (compile) s | round s (best) | round s (median) | clients/s | vs 1 device |"
+  )
   print("| ---: | ---: | ---: | ---: | ---: | ---: |")
   for r in rows:
-    print(f"| {r['devices']} | {r['first_round_s']:.2f} | {r['best_s']:.4f} | {r['median_s']:.4f} | "
-          f"{args.clients / r['best_s']:,.0f} | {r['best_s'] / base:.2f}x |")
+    print(
+      f"| {r['devices']} | {r['first_round_s']:.2f} | {r['best_s']:.4f} | {r['median_s']:.4f} | "
+      f"{args.clients / r['best_s']:,.0f} | {r['best_s'] / base:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

@@ -42,10 +42,10 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fedjaxscale import algorithms, models  # noqa: E402
-from fedjaxscale.core.buckets import bucket_size  # noqa: E402
-from fedjaxscale.data import make_cohort, make_synthetic, padding_report, steps_for  # noqa: E402
-from fedjaxscale.engine import Engine  # noqa: E402
+from fedjaxscale import algorithms, models
+from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.data import make_cohort, make_synthetic, padding_report, steps_for
+from fedjaxscale.engine import Engine
 
 F32 = jnp.float32
 
@@ -119,9 +119,9 @@ def handwritten_round(model, client_lr, server_lr=1.0):
 
 
 class Workload:
-
-  def __init__(self, name, model, client_lr, steps, batch, make_clients, flops_per_example=None,
-               hand_warmup_max_examples=10**9):
+  def __init__(
+    self, name, model, client_lr, steps, batch, make_clients, flops_per_example=None, hand_warmup_max_examples=10**9
+  ):
     self.name, self.model, self.client_lr = name, model, client_lr
     # The hand-written program is compiled ahead of time; a warm-up run is added only where cheap.
     self.hand_warmup_max_examples = hand_warmup_max_examples
@@ -141,10 +141,11 @@ def logreg_workload(max_clients, steps, batch):
   offsets = np.concatenate([[0], np.cumsum(sizes)])
 
   def make_clients(n):
-    return [{"x": data["x"][offsets[k]:offsets[k + 1]], "y": data["y"][offsets[k]:offsets[k + 1]]} for k in range(n)]
+    return [
+      {"x": data["x"][offsets[k] : offsets[k + 1]], "y": data["y"][offsets[k] : offsets[k + 1]]} for k in range(n)
+    ]
 
-  return Workload("logistic regression (60 -> 10)", models.logistic_regression(60, 10), 0.1, steps, batch,
-                  make_clients)
+  return Workload("logistic regression (60 -> 10)", models.logistic_regression(60, 10), 0.1, steps, batch, make_clients)
 
 
 def cnn_workload(steps, batch):
@@ -156,8 +157,16 @@ def cnn_workload(steps, batch):
     y = rng.integers(0, 62, (n, per_client)).astype(np.int32)
     return [{"x": x[k], "y": y[k]} for k in range(n)]
 
-  return Workload("FEMNIST CNN", models.femnist_cnn(), 0.01, steps, batch, make_clients,
-                  flops_per_example=models.femnist_cnn_flops_per_example(), hand_warmup_max_examples=500)
+  return Workload(
+    "FEMNIST CNN",
+    models.femnist_cnn(),
+    0.01,
+    steps,
+    batch,
+    make_clients,
+    flops_per_example=models.femnist_cnn_flops_per_example(),
+    hand_warmup_max_examples=500,
+  )
 
 
 def bench_throughput(w, sizes, args, loop_max):
@@ -187,18 +196,20 @@ def bench_throughput(w, sizes, args, loop_max):
     # The hand-written jit(vmap(scan)) on the same (unpadded) arrays; AOT-compiled, so the first
     # timed run is already compiled.
     hand = handwritten_round(w.model, w.client_lr)
-    hand_args = (w.params, part.batch["x"], part.batch["y"], part.mask,
-                 np.asarray(cohort.num_examples, np.float32))
+    hand_args = (w.params, part.batch["x"], part.batch["y"], part.mask, np.asarray(cohort.num_examples, np.float32))
     compiled = hand.lower(*hand_args).compile()
 
     def hand_round():
       out["hand"] = compiled(*hand_args)
       jax.block_until_ready(out["hand"])
 
-    t, runs, _ = timed(hand_round, repeats=args.repeats, min_time=args.min_time, warmup=real <= w.hand_warmup_max_examples)
+    t, runs, _ = timed(
+      hand_round, repeats=args.repeats, min_time=args.min_time, warmup=real <= w.hand_warmup_max_examples
+    )
     row["hand"] = (t, runs)
-    row["max_abs_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-                              zip(jax.tree.leaves(api_params), jax.tree.leaves(out["hand"])))
+    row["max_abs_diff"] = max(
+      float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(api_params), jax.tree.leaves(out["hand"]))
+    )
 
     # loop through the public API; the per-client program does not depend on the cohort size,
     # so a 10-client cohort warms it up.
@@ -215,8 +226,11 @@ def bench_throughput(w, sizes, args, loop_max):
       t, runs, _ = timed(loop_round, repeats=args.repeats, min_time=args.min_time, warmup=False)
       row["loop"] = (t, runs)
     rows.append(row)
-    print(f"  {w.name}: {n} clients done: vmap {row['vmap'][0]:.3f}s hand {row['hand'][0]:.3f}s "
-          f"loop {row.get('loop', (float('nan'),))[0]:.3f}s", flush=True)
+    print(
+      f"  {w.name}: {n} clients done: vmap {row['vmap'][0]:.3f}s hand {row['hand'][0]:.3f}s "
+      f"loop {row.get('loop', (float('nan'),))[0]:.3f}s",
+      flush=True,
+    )
   return rows
 
 
@@ -230,13 +244,13 @@ def fmt(x, digits=3):
 
 def throughput_table(w, rows, loop_max, loop_note):
   lines = [
-      f"**{w.name}**: local_steps={w.steps}, batch={w.batch}, client SGD lr={w.client_lr}, server SGD(1.0); "
-      "best of n timed rounds (n in brackets) after a warm-up.",
-      "",
-      "| clients | examples/round | vmap API clients/s | vmap API examples/s | hand-written clients/s | "
-      "hand-written examples/s | loop API clients/s | loop API examples/s | **vmap / hand** | vmap / loop | "
-      "padded clients (vmap) | max abs diff vmap vs hand |",
-      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    f"**{w.name}**: local_steps={w.steps}, batch={w.batch}, client SGD lr={w.client_lr}, server SGD(1.0); "
+    "best of n timed rounds (n in brackets) after a warm-up.",
+    "",
+    "| clients | examples/round | vmap API clients/s | vmap API examples/s | hand-written clients/s | "
+    "hand-written examples/s | loop API clients/s | loop API examples/s | **vmap / hand** | vmap / loop | "
+    "padded clients (vmap) | max abs diff vmap vs hand |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for r in rows:
     n, ex = r["clients"], r["examples"]
@@ -248,20 +262,22 @@ def throughput_table(w, rows, loop_max, loop_note):
       vl = fmt(tl / tv)
     else:
       loop_cells, vl = f"skipped ({loop_note}) | -", "-"
-    lines.append(f"| {n:,} | {ex:,} | {fmt(n / tv)} [{nv}] | {fmt(ex / tv)} | {fmt(n / th)} [{nh}] | {fmt(ex / th)} | "
-                 f"{loop_cells} | **{th / tv:.2f}** | {vl} | {r['vmap_padded_clients']:,} | {r['max_abs_diff']:.1e} |")
+    lines.append(
+      f"| {n:,} | {ex:,} | {fmt(n / tv)} [{nv}] | {fmt(ex / tv)} | {fmt(n / th)} [{nh}] | {fmt(ex / th)} | "
+      f"{loop_cells} | **{th / tv:.2f}** | {vl} | {r['vmap_padded_clients']:,} | {r['max_abs_diff']:.1e} |"
+    )
   return lines
 
 
 def flops_table(w, rows, matmul):
   fpe = w.flops_per_example
   lines = [
-      f"FLOPs per training example = 3 x forward FLOPs = 3 x {fpe:,} = {3 * fpe:,} (forward + 2x for the backward "
-      "pass); achieved FLOP/s = that x examples/s. Matmul: jit'd 2048x2048 float32 `a @ b`, "
-      f"best of {matmul[1]}: **{matmul[0] / 1e9:.1f} GFLOP/s**.",
-      "",
-      "| clients | vmap API GFLOP/s | % of matmul | hand-written GFLOP/s | % of matmul | loop API GFLOP/s | % of matmul |",
-      "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    f"FLOPs per training example = 3 x forward FLOPs = 3 x {fpe:,} = {3 * fpe:,} (forward + 2x for the backward "
+    "pass); achieved FLOP/s = that x examples/s. Matmul: jit'd 2048x2048 float32 `a @ b`, "
+    f"best of {matmul[1]}: **{matmul[0] / 1e9:.1f} GFLOP/s**.",
+    "",
+    "| clients | vmap API GFLOP/s | % of matmul | hand-written GFLOP/s | % of matmul | loop API GFLOP/s | % of matmul |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for r in rows:
     cells = []
@@ -300,26 +316,49 @@ def cnn_breakdown(w, args):
   y = jnp.asarray(rng.integers(0, 62, (clients, steps, batch)).astype(np.int32))
   m = jnp.ones((clients, steps, batch), F32)
   cases = [
-      ("one client, one SGD step (no scan)", 1, batch, jax.jit(lambda p: sgd_step(p, (x[0, 0], y[0, 0], m[0, 0]))[0])),
-      (f"one client, lax.scan over {steps} steps", 1, steps * batch, jax.jit(lambda p: scan(p, x[0], y[0], m[0]))),
-      (f"one client, scan unroll=True ({steps} steps)", 1, steps * batch,
-       jax.jit(lambda p: scan(p, x[0], y[0], m[0], unroll=True))),
-      (f"vmap over {clients} clients of the scan", clients, clients * steps * batch,
-       jax.jit(lambda p: jax.vmap(scan, in_axes=(None, 0, 0, 0))(p, x, y, m))),
-      (f"vmap over {clients} clients, scan unroll=True", clients, clients * steps * batch,
-       jax.jit(lambda p: jax.vmap(lambda a, b, c, d: scan(a, b, c, d, unroll=True), in_axes=(None, 0, 0, 0))(p, x, y, m))),
-      (f"{clients} clients' examples as one batch, one model (no vmap; lower bound on cost)", clients,
-       clients * steps * batch,
-       jax.jit(lambda p: scan(p, x.swapaxes(0, 1).reshape(steps, clients * batch, 28, 28),
-                              y.swapaxes(0, 1).reshape(steps, -1), m.swapaxes(0, 1).reshape(steps, -1)))),
+    ("one client, one SGD step (no scan)", 1, batch, jax.jit(lambda p: sgd_step(p, (x[0, 0], y[0, 0], m[0, 0]))[0])),
+    (f"one client, lax.scan over {steps} steps", 1, steps * batch, jax.jit(lambda p: scan(p, x[0], y[0], m[0]))),
+    (
+      f"one client, scan unroll=True ({steps} steps)",
+      1,
+      steps * batch,
+      jax.jit(lambda p: scan(p, x[0], y[0], m[0], unroll=True)),
+    ),
+    (
+      f"vmap over {clients} clients of the scan",
+      clients,
+      clients * steps * batch,
+      jax.jit(lambda p: jax.vmap(scan, in_axes=(None, 0, 0, 0))(p, x, y, m)),
+    ),
+    (
+      f"vmap over {clients} clients, scan unroll=True",
+      clients,
+      clients * steps * batch,
+      jax.jit(
+        lambda p: jax.vmap(lambda a, b, c, d: scan(a, b, c, d, unroll=True), in_axes=(None, 0, 0, 0))(p, x, y, m)
+      ),
+    ),
+    (
+      f"{clients} clients' examples as one batch, one model (no vmap; lower bound on cost)",
+      clients,
+      clients * steps * batch,
+      jax.jit(
+        lambda p: scan(
+          p,
+          x.swapaxes(0, 1).reshape(steps, clients * batch, 28, 28),
+          y.swapaxes(0, 1).reshape(steps, -1),
+          m.swapaxes(0, 1).reshape(steps, -1),
+        )
+      ),
+    ),
   ]
   lines = [
-      f"Where the CNN time goes (batch {batch}; best of several runs after a warm-up). Each program is "
-      "SGD on the masked mean cross-entropy; the last row is not the same math (one model on the concatenated "
-      "batch) and only shows what the same FLOPs cost without per-client weights.",
-      "",
-      "| program | examples/call | examples/s | GFLOP/s (3 x fwd) |",
-      "| --- | ---: | ---: | ---: |",
+    f"Where the CNN time goes (batch {batch}; best of several runs after a warm-up). Each program is "
+    "SGD on the masked mean cross-entropy; the last row is not the same math (one model on the concatenated "
+    "batch) and only shows what the same FLOPs cost without per-client weights.",
+    "",
+    "| program | examples/call | examples/s | GFLOP/s (3 x fwd) |",
+    "| --- | ---: | ---: | ---: |",
   ]
   for name, _, ex, fn in cases:
     t, runs, _ = timed(lambda: jax.block_until_ready(fn(p)), repeats=args.repeats, min_time=args.min_time / 2)
@@ -330,8 +369,10 @@ def cnn_breakdown(w, args):
 
 def _client_dicts(sizes, data):
   offsets = np.concatenate([[0], np.cumsum(sizes)])
-  return [{"x": data["x"][offsets[k]:offsets[k + 1]], "y": data["y"][offsets[k]:offsets[k + 1]]}
-          for k in range(len(sizes))]
+  return [
+    {"x": data["x"][offsets[k] : offsets[k + 1]], "y": data["y"][offsets[k] : offsets[k + 1]]}
+    for k in range(len(sizes))
+  ]
 
 
 def _layout(cohort):
@@ -352,25 +393,27 @@ def bench_padding(args, num_clients):
     variants = [("default", {})]
   multiple_kw = "lane_multiple" if "lane_multiple" in options else None
   distributions = [
-      ("FedProx Synthetic sizes: floor(lognormal(4, 2)) + 50, uncapped", dict()),
-      ("LEAF synthetic sizes: floor(lognormal(3, 2)) + 5, capped at 1,000", dict(size_mean=3, min_size=5, max_size=1000)),
+    ("FedProx Synthetic sizes: floor(lognormal(4, 2)) + 50, uncapped", dict()),
+    ("LEAF synthetic sizes: floor(lognormal(3, 2)) + 5, capped at 1,000", dict(size_mean=3, min_size=5, max_size=1000)),
   ]
   lines = [
-      f"{num_clients:,} Synthetic(1, 1) clients, local_epochs=1, batch 10. Efficiency = real example-steps / "
-      "computed example-steps (`padding_report`; the lane/client axis padded to its bucket, a multiple of the "
-      "device count: 1, or 4 as on a 4-device mesh"
-      + (", the cohort built with `lane_multiple=4` for that column" if multiple_kw else "") + "). "
-      "Layout = lanes x steps of each part.",
-      "",
-      "| client sizes | cohort option | parts | layout (1 device) | efficiency (1 device) | efficiency (4 devices) |",
-      "| --- | --- | ---: | --- | ---: | ---: |",
+    f"{num_clients:,} Synthetic(1, 1) clients, local_epochs=1, batch 10. Efficiency = real example-steps / "
+    "computed example-steps (`padding_report`; the lane/client axis padded to its bucket, a multiple of the "
+    "device count: 1, or 4 as on a 4-device mesh"
+    + (", the cohort built with `lane_multiple=4` for that column" if multiple_kw else "")
+    + "). "
+    "Layout = lanes x steps of each part.",
+    "",
+    "| client sizes | cohort option | parts | layout (1 device) | efficiency (1 device) | efficiency (4 devices) |",
+    "| --- | --- | ---: | --- | ---: | ---: |",
   ]
   default = None
   for dist_name, kw in distributions:
     _, data, sizes = make_synthetic(num_clients, alpha=1.0, beta=1.0, seed=1, **kw)
     clients = _client_dicts(sizes, data)
-    stats = (f"{dist_name} (min {sizes.min()}, median {int(np.median(sizes))}, mean {sizes.mean():.0f}, "
-             f"max {sizes.max():,})")
+    stats = (
+      f"{dist_name} (min {sizes.min()}, median {int(np.median(sizes))}, mean {sizes.mean():.0f}, max {sizes.max():,})"
+    )
     for label, opt in variants:
       if opt.get("pack") is False:
         # One lane per client, each as long as the longest client: computed from the sizes, as
@@ -382,16 +425,20 @@ def bench_padding(args, num_clients):
           computed = bucket_size(len(sizes), m) * bucket_size(int(steps.max())) * 10
           cells.append(f"**{real / computed:.3f}**")
         gb = len(sizes) * bucket_size(int(steps.max())) * 10 * 61 * 4 / 2**30
-        lines.append(f"| {stats} | {label} (computed from the sizes; building it needs ~{gb:.1f} GB) | 1 | "
-                     f"{len(sizes)}x{bucket_size(int(steps.max()))} | {cells[0]} | {cells[1]} |")
+        lines.append(
+          f"| {stats} | {label} (computed from the sizes; building it needs ~{gb:.1f} GB) | 1 | "
+          f"{len(sizes)}x{bucket_size(int(steps.max()))} | {cells[0]} | {cells[1]} |"
+        )
         stats = '"'
         continue
       cohort = make_cohort(clients, 10, local_epochs=1, seed=0, **opt)
       r1 = padding_report(cohort, 1)
       cohort4 = make_cohort(clients, 10, local_epochs=1, seed=0, **opt, **{multiple_kw: 4}) if multiple_kw else cohort
       r4 = padding_report(cohort4, 4)
-      lines.append(f"| {stats} | {label} | {len(cohort.parts)} | {_layout(cohort)} | "
-                   f"**{r1['padding_efficiency']:.3f}** | **{r4['padding_efficiency']:.3f}** |")
+      lines.append(
+        f"| {stats} | {label} | {len(cohort.parts)} | {_layout(cohort)} | "
+        f"**{r1['padding_efficiency']:.3f}** | **{r4['padding_efficiency']:.3f}** |"
+      )
       stats = '"'
       if default is None and "default" in label:
         default = (dist_name, cohort)
@@ -405,15 +452,19 @@ def bench_padding(args, num_clients):
   _, diag = alg.apply(state, cohort, jax.random.key(1))
   first = time.perf_counter() - t0
   compiles = engine.stats.compiles
-  t, runs, _ = timed(lambda: jax.block_until_ready(alg.apply(state, cohort, jax.random.key(1))[0].params),
-                     repeats=args.repeats, min_time=args.min_time, warmup=False)
+  t, runs, _ = timed(
+    lambda: jax.block_until_ready(alg.apply(state, cohort, jax.random.key(1))[0].params),
+    repeats=args.repeats,
+    min_time=args.min_time,
+    warmup=False,
+  )
   lines += [
-      "",
-      f"Engine counters, one round of logistic regression on the default cohort of the first row group "
-      f"(vmap, {jax.device_count()} device): padding_efficiency **{diag['padding_efficiency']:.3f}**, "
-      f"{engine.stats.chunks // (runs + 1)} chunk(s) and {compiles} compiled program(s) per round; "
-      f"{cohort.real_example_steps:,} real example-steps; first round {first:.1f} s (compiles), "
-      f"then {t:.2f} s (best of {runs}).",
+    "",
+    f"Engine counters, one round of logistic regression on the default cohort of the first row group "
+    f"(vmap, {jax.device_count()} device): padding_efficiency **{diag['padding_efficiency']:.3f}**, "
+    f"{engine.stats.chunks // (runs + 1)} chunk(s) and {compiles} compiled program(s) per round; "
+    f"{cohort.real_example_steps:,} real example-steps; first round {first:.1f} s (compiles), "
+    f"then {t:.2f} s (best of {runs}).",
   ]
   return lines
 
@@ -421,12 +472,12 @@ def bench_padding(args, num_clients):
 def bench_chunking(w, n, chunk, args):
   cohort = w.cohort(n)
   lines = [
-      f"{w.name}, {n:,} clients, local_steps={w.steps}, batch={w.batch}: unchunked vs "
-      f"`Engine(max_clients_per_chunk={chunk})` (a running on-device sum over chunks). Best of "
-      "several runs after a warm-up.",
-      "",
-      "| engine | chunks/round | compiled programs | round s | clients/s | relative |",
-      "| --- | ---: | ---: | ---: | ---: | ---: |",
+    f"{w.name}, {n:,} clients, local_steps={w.steps}, batch={w.batch}: unchunked vs "
+    f"`Engine(max_clients_per_chunk={chunk})` (a running on-device sum over chunks). Best of "
+    "several runs after a warm-up.",
+    "",
+    "| engine | chunks/round | compiled programs | round s | clients/s | relative |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
   ]
   base = None
   # "unchunked" sets a limit above the cohort: the engine's CPU default would chunk it too.
@@ -434,11 +485,16 @@ def bench_chunking(w, n, chunk, args):
     engine = Engine("vmap", max_clients_per_chunk=limit)
     alg = algorithms.fedavg(w.model, optax.sgd(w.client_lr), engine=engine)
     state = alg.init(w.params)
-    t, runs, _ = timed(lambda: jax.block_until_ready(alg.apply(state, cohort, jax.random.key(1))[0].params),
-                       repeats=args.repeats, min_time=args.min_time)
+    t, runs, _ = timed(
+      lambda: jax.block_until_ready(alg.apply(state, cohort, jax.random.key(1))[0].params),
+      repeats=args.repeats,
+      min_time=args.min_time,
+    )
     base = base or t
-    lines.append(f"| {label} | {engine.stats.chunks // (runs + 1)} | {engine.stats.compiles} | {t:.3f} | "
-                 f"{fmt(n / t)} | {base / t:.2f} |")
+    lines.append(
+      f"| {label} | {engine.stats.chunks // (runs + 1)} | {engine.stats.compiles} | {t:.3f} | "
+      f"{fmt(n / t)} | {base / t:.2f} |"
+    )
   return lines
 
 
@@ -453,26 +509,37 @@ def machine_lines():
   except OSError:
     pass
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "fedjaxscale"], capture_output=True, text=True,
-                           cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "fedjaxscale"],
+      capture_output=True,
+      text=True,
+      cwd=os.path.dirname(os.path.abspath(__file__)),
+    ).stdout.strip()
     if dirty:
-      diff = subprocess.run(["git", "diff", "HEAD", "--", "fedjaxscale"], capture_output=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout
+      diff = subprocess.run(
+        ["git", "diff", "HEAD", "--", "fedjaxscale"],
+        capture_output=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+      ).stdout
       commit += f" + uncommitted changes in fedjaxscale/ (diff sha256 {hashlib.sha256(diff).hexdigest()[:12]})"
   except OSError:
     commit = "unknown"
   try:
-    load = "%.2f %.2f %.2f" % os.getloadavg()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
   except OSError:
     load = "unknown"
   mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   return [
-      f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; commit {commit}",
-      f"- CPU: {cpu}; {os.cpu_count()} cores visible; {mem:.0f} GiB RAM; load average at start {load} "
-      "(the machine is shared: other jobs may run during the benchmark, so figures are best-of-n)",
-      f"- jax {jax.__version__} ({jax.default_backend()}), devices: {jax.devices()}; Python {platform.python_version()}",
+    f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; commit {commit}",
+    f"- CPU: {cpu}; {os.cpu_count()} cores visible; {mem:.0f} GiB RAM; load average at start {load} "
+    "(the machine is shared: other jobs may run during the benchmark, so figures are best-of-n)",
+    f"- jax {jax.__version__} ({jax.default_backend()}), devices: {jax.devices()}; Python {platform.python_version()}",
   ]
 
 
@@ -481,8 +548,12 @@ def main():
   parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run (~1-2 minutes)")
   parser.add_argument("--out", default="benchmarks/results/engine.md", help="Markdown output file")
   parser.add_argument("--repeats", type=int, default=20, help="most timed repeats per figure")
-  parser.add_argument("--min_time", type=float, default=5.0,
-                      help="stop repeating once this many seconds have been timed (and at least 2 runs)")
+  parser.add_argument(
+    "--min_time",
+    type=float,
+    default=5.0,
+    help="stop repeating once this many seconds have been timed (and at least 2 runs)",
+  )
   parser.add_argument("--lr_sizes", default="10,100,1000,10000")
   parser.add_argument("--lr_steps", type=int, default=10)
   parser.add_argument("--lr_batch", type=int, default=10)
@@ -527,12 +598,18 @@ def main():
   out += throughput_table(lr, lr_rows, args.loop_max, f"> {args.loop_max:,} clients") + [""]
   out += throughput_table(cnn, cnn_rows, cnn_loop_max, "time") + [""]
   if cnn_skipped:
-    out += [f"CNN cohorts of {', '.join(f'{s:,}' for s in cnn_skipped)} clients are skipped: at the measured "
-            "examples/s one round would take longer than this whole benchmark's time budget (~15 minutes).", ""]
-  out += ["vmap / hand = hand-written round time / vmap-API round time (target >= 0.8 at 1,000 clients). "
-          "The vmap API pads the client axis to its bucket (column 'padded clients') and also computes "
-          "per-client metrics and the non-finite check; the hand-written program runs exactly the real clients. "
-          "'max abs diff' compares the new global parameters of both (same cohort, same math).", ""]
+    out += [
+      f"CNN cohorts of {', '.join(f'{s:,}' for s in cnn_skipped)} clients are skipped: at the measured "
+      "examples/s one round would take longer than this whole benchmark's time budget (~15 minutes).",
+      "",
+    ]
+  out += [
+    "vmap / hand = hand-written round time / vmap-API round time (target >= 0.8 at 1,000 clients). "
+    "The vmap API pads the client axis to its bucket (column 'padded clients') and also computes "
+    "per-client metrics and the non-finite check; the hand-written program runs exactly the real clients. "
+    "'max abs diff' compares the new global parameters of both (same cohort, same math).",
+    "",
+  ]
   out += ["## 2. FEMNIST CNN FLOP/s against the machine's matmul", ""] + flops_table(cnn, cnn_rows, matmul) + [""]
   out += breakdown + [""]
   out += ["## 3. Padding efficiency, heavy-tailed epoch-mode cohort", ""] + padding + [""]

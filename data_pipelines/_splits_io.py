@@ -12,8 +12,7 @@ from data_pipelines.errors import ConversionError
 from fedjaxscale.data.dataset import META_FILE, DatasetError, FederatedDataset
 
 
-def check_outputs(output_dir: str, splits: Sequence[str], overwrite: bool,
-                  extra_files: Sequence[str] = ()) -> None:
+def check_outputs(output_dir: str, splits: Sequence[str], overwrite: bool, extra_files: Sequence[str] = ()) -> None:
   """Refuses, before anything is read or written, to replace existing outputs without overwrite.
 
   Checking every split up front means a refused run leaves all of them as they were (the
@@ -24,26 +23,22 @@ def check_outputs(output_dir: str, splits: Sequence[str], overwrite: bool,
   for split in splits:
     path = os.path.join(output_dir, split)
     if os.path.isfile(os.path.join(path, META_FILE)):
-      raise ConversionError(f'{path}: already holds a dataset; pass --overwrite '
-                            '(overwrite=True) to replace it')
+      raise ConversionError(f"{path}: already holds a dataset; pass --overwrite (overwrite=True) to replace it")
   for name in extra_files:
     path = os.path.join(output_dir, name)
     if os.path.exists(path):
-      raise ConversionError(f'{path}: already exists; pass --overwrite (overwrite=True) to '
-                            'replace it')
+      raise ConversionError(f"{path}: already exists; pass --overwrite (overwrite=True) to replace it")
 
 
 def summary_line(split: str, ds: FederatedDataset, num_classes: int | None) -> str:
-  classes = 'n/a' if num_classes is None else f'{num_classes:,}'
-  return (f'{split}: {ds.num_clients:,} clients / {ds.num_examples:,} examples / '
-          f'{classes} classes')
+  classes = "n/a" if num_classes is None else f"{num_classes:,}"
+  return f"{split}: {ds.num_clients:,} clients / {ds.num_examples:,} examples / {classes} classes"
 
 
 class Progress:
   """Prints a progress line to stderr at most every ``interval`` seconds (and on ``done``)."""
 
-  def __init__(self, prefix: str, *, interval: float = 2.0, stream: TextIO | None = None,
-               enabled: bool = True):
+  def __init__(self, prefix: str, *, interval: float = 2.0, stream: TextIO | None = None, enabled: bool = True):
     self._prefix = prefix
     self._interval = interval
     self._stream = stream
@@ -57,8 +52,7 @@ class Progress:
     now = time.monotonic()
     if force or now - self._last >= self._interval:
       self._last = now
-      print(f'[{self._prefix}] {message} ({now - self._start:.1f}s)',
-            file=self._stream or sys.stderr, flush=True)
+      print(f"[{self._prefix}] {message} ({now - self._start:.1f}s)", file=self._stream or sys.stderr, flush=True)
 
 
 def run_main(body: Callable[[], Any]) -> None:
@@ -66,5 +60,5 @@ def run_main(body: Callable[[], Any]) -> None:
   try:
     body()
   except (ConversionError, DatasetError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

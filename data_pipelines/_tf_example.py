@@ -24,9 +24,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ['ProtoError', 'encode_example', 'parse_example']
+__all__ = ["ProtoError", "encode_example", "parse_example"]
 
-BYTES, FLOAT, INT64 = 'bytes', 'float', 'int64'
+BYTES, FLOAT, INT64 = "bytes", "float", "int64"
 _KIND_BY_FIELD = {1: BYTES, 2: FLOAT, 3: INT64}
 _FIELD_BY_KIND = {v: k for k, v in _KIND_BY_FIELD.items()}
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -73,20 +73,18 @@ def encode_example(features: Mapping[str, object]) -> bytes:
     if kind is None:
       kind = _infer_kind(values)
     if kind == BYTES:
-      items = [values] if isinstance(values, (bytes, str)) else list(np.ravel(
-          np.asarray(values, dtype=object)))
-      body = b''.join(_len_field(1, v.encode() if isinstance(v, str) else bytes(v))
-                      for v in items)
+      items = [values] if isinstance(values, (bytes, str)) else list(np.ravel(np.asarray(values, dtype=object)))
+      body = b"".join(_len_field(1, v.encode() if isinstance(v, str) else bytes(v)) for v in items)
     elif kind == FLOAT:
-      body = _len_field(1, np.asarray(values, '<f4').ravel().tobytes())
+      body = _len_field(1, np.asarray(values, "<f4").ravel().tobytes())
     elif kind == INT64:
       arr = np.asarray(values).ravel().astype(np.int64)
-      body = _len_field(1, b''.join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in arr))
+      body = _len_field(1, b"".join(_varint(int(v) & 0xFFFFFFFFFFFFFFFF) for v in arr))
     else:
-      raise ValueError(f'feature {key!r}: unknown kind {kind!r}')
+      raise ValueError(f"feature {key!r}: unknown kind {kind!r}")
     feature = _len_field(_FIELD_BY_KIND[kind], body)
     entries.append(_len_field(1, _len_field(1, key.encode()) + _len_field(2, feature)))
-  return _len_field(1, b''.join(entries))
+  return _len_field(1, b"".join(entries))
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +99,7 @@ def _read_varint(mv, pos: int, end: int) -> tuple[int, int]:
   result = shift = 0
   while True:
     if pos >= end:
-      raise ProtoError('truncated varint')
+      raise ProtoError("truncated varint")
     b = mv[pos]
     pos += 1
     result |= (b & 0x7F) << shift
@@ -109,7 +107,7 @@ def _read_varint(mv, pos: int, end: int) -> tuple[int, int]:
       return result, pos
     shift += 7
     if shift >= 70:
-      raise ProtoError('varint longer than 10 bytes')
+      raise ProtoError("varint longer than 10 bytes")
 
 
 def _fields(mv: bytes, pos: int, end: int, *, want_len: bool):
@@ -121,11 +119,11 @@ def _fields(mv: bytes, pos: int, end: int, *, want_len: bool):
     tag, pos = _read_varint(mv, pos, end)
     field, wire = tag >> 3, tag & 7
     if field == 0:
-      raise ProtoError('field number 0')
+      raise ProtoError("field number 0")
     if wire == _LEN:
       n, pos = _read_varint(mv, pos, end)
       if pos + n > end:
-        raise ProtoError(f'field {field}: length {n} runs past the end of its message')
+        raise ProtoError(f"field {field}: length {n} runs past the end of its message")
       if want_len:
         yield field, pos, pos + n
       else:
@@ -138,22 +136,22 @@ def _fields(mv: bytes, pos: int, end: int, *, want_len: bool):
     elif wire in (_I64, _I32):
       size = 8 if wire == _I64 else 4
       if pos + size > end:
-        raise ProtoError(f'field {field}: truncated fixed-width value')
+        raise ProtoError(f"field {field}: truncated fixed-width value")
       if not want_len:
         yield field, wire, (pos, pos + size)
       pos += size
     else:  # groups (3, 4) never occur in these messages; 6 and 7 are invalid
-      raise ProtoError(f'field {field}: unsupported wire type {wire}')
+      raise ProtoError(f"field {field}: unsupported wire type {wire}")
 
 
 def _parse_map_entry(mv: bytes, pos: int, end: int):
-  key, kind, values = '', None, []
+  key, kind, values = "", None, []
   for field, start, stop in _fields(mv, pos, end, want_len=True):
     if field == 1:
       try:
-        key = mv[start:stop].decode('utf-8')
+        key = mv[start:stop].decode("utf-8")
       except UnicodeDecodeError:
-        raise ProtoError('feature name is not UTF-8') from None
+        raise ProtoError("feature name is not UTF-8") from None
     elif field == 2:  # Feature
       for kfield, kstart, kend in _fields(mv, start, stop, want_len=True):
         if kfield in _KIND_BY_FIELD:  # oneof: the last one present wins
@@ -173,19 +171,19 @@ def _parse_list(mv: bytes, kind: str, pos: int, end: int):
       if wire == _LEN:  # packed
         s, e = value
         if (e - s) % 4:
-          raise ProtoError(f'packed float list of {e - s} bytes is not a multiple of 4')
-        chunks.append(np.frombuffer(mv, '<f4', (e - s) // 4, s))
+          raise ProtoError(f"packed float list of {e - s} bytes is not a multiple of 4")
+        chunks.append(np.frombuffer(mv, "<f4", (e - s) // 4, s))
       elif wire == _I32:
-        chunks.append(np.frombuffer(mv, '<f4', 1, value[0]))
+        chunks.append(np.frombuffer(mv, "<f4", 1, value[0]))
       else:
-        raise ProtoError(f'float list value with wire type {wire}')
+        raise ProtoError(f"float list value with wire type {wire}")
     else:
       if wire == _LEN:
         chunks.append(_decode_packed_varints(mv, *value))
       elif wire == _VARINT:
         chunks.append(np.array([value], np.uint64).view(np.int64))
       else:
-        raise ProtoError(f'int64 list value with wire type {wire}')
+        raise ProtoError(f"int64 list value with wire type {wire}")
   dtype = np.float32 if kind == FLOAT else np.int64
   if not chunks:
     return np.zeros(0, dtype)
@@ -205,14 +203,14 @@ def _decode_packed_varints(mv, start: int, end: int) -> np.ndarray:
   if b.size == 0:
     return np.zeros(0, np.int64)
   if b[-1] & 0x80:
-    raise ProtoError('packed varints end in the middle of a value')
+    raise ProtoError("packed varints end in the middle of a value")
   last = b < 0x80  # the final byte of each varint
   if last.all():  # the common case for small values (labels, pixels < 128)
     return b.astype(np.int64)
   ends = np.flatnonzero(last)
   starts = np.concatenate([[0], ends[:-1] + 1])
   if np.any(ends - starts >= 10):
-    raise ProtoError('varint longer than 10 bytes')
+    raise ProtoError("varint longer than 10 bytes")
   group = np.repeat(np.arange(ends.size), ends - starts + 1)
   shift = (np.arange(b.size) - starts[group]).astype(np.uint64) * np.uint64(7)
   parts = (b & 0x7F).astype(np.uint64) << shift
@@ -239,10 +237,10 @@ def _infer_kind(values) -> str:
   if isinstance(values, (bytes, str)):
     return BYTES
   arr = np.asarray(values)
-  if arr.dtype.kind in 'SUO':
+  if arr.dtype.kind in "SUO":
     return BYTES
-  if arr.dtype.kind == 'f':
+  if arr.dtype.kind == "f":
     return FLOAT
-  if arr.dtype.kind in 'iub':
+  if arr.dtype.kind in "iub":
     return INT64
-  raise ValueError(f'cannot infer a feature kind for dtype {arr.dtype}')
+  raise ValueError(f"cannot infer a feature kind for dtype {arr.dtype}")

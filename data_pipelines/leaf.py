@@ -37,9 +37,9 @@ Command (one split directory per LEAF split is written under ``--output_dir``)::
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import re
-import multiprocessing
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,33 +51,32 @@ from data_pipelines.errors import ConversionError
 from fedjaxscale.data.dataset import FederatedDataset, write_dataset
 
 __all__ = [
-    'ALL_LETTERS',
-    'DATASETS',
-    'FEMNIST_LABELS',
-    'OOV_ID',
-    'PAD_ID',
-    'convert_leaf',
-    'leaf_files',
-    'read_leaf_file',
-    'shakespeare_indices',
-    'tokenize',
+  "ALL_LETTERS",
+  "DATASETS",
+  "FEMNIST_LABELS",
+  "OOV_ID",
+  "PAD_ID",
+  "convert_leaf",
+  "leaf_files",
+  "read_leaf_file",
+  "shakespeare_indices",
+  "tokenize",
 ]
 
-DATASETS = ('femnist', 'shakespeare', 'sent140', 'synthetic')
+DATASETS = ("femnist", "shakespeare", "sent140", "synthetic")
 # LEAF models/utils/language_utils.py, verbatim: index i of a symbol is its class / token id.
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
-FEMNIST_LABELS = tuple('0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz')
-SENT140_LABELS = ('negative', 'positive')
+FEMNIST_LABELS = tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+SENT140_LABELS = ("negative", "positive")
 FEMNIST_SHAPE = (28, 28)
 PAD_ID, OOV_ID = 0, 1
-VOCAB_FILE = 'vocab.txt'
+VOCAB_FILE = "vocab.txt"
 # LEAF's split_line: words (letters, digits, _ and ') and five punctuation marks as tokens.
 _TOKEN = re.compile(r"[\w']+|[.,!?;]")
 
 # ASCII code point -> index in ALL_LETTERS (-1 when absent); code points >= 128 are absent.
 _LETTER_LUT = np.full(128, -1, np.int32)
-_LETTER_LUT[np.frombuffer(ALL_LETTERS.encode('ascii'), np.uint8)] = np.arange(
-    len(ALL_LETTERS), dtype=np.int32)
+_LETTER_LUT[np.frombuffer(ALL_LETTERS.encode("ascii"), np.uint8)] = np.arange(len(ALL_LETTERS), dtype=np.int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,50 +95,47 @@ def read_leaf_file(file: str) -> dict[str, Any]:
     ConversionError: naming the file (and the user) for truncated or malformed JSON.
   """
   try:
-    with open(file, encoding='utf-8') as f:
+    with open(file, encoding="utf-8") as f:
       obj = json.load(f)
   except json.JSONDecodeError as e:
     # e carries the position: "Expecting ',' delimiter: line 1 column 80 (char 79)".
-    raise ConversionError(f'{file}: not valid JSON (truncated or corrupt?): {e}') from None
+    raise ConversionError(f"{file}: not valid JSON (truncated or corrupt?): {e}") from None
   except UnicodeDecodeError as e:
-    raise ConversionError(f'{file}: not UTF-8 text ({e})') from None
+    raise ConversionError(f"{file}: not UTF-8 text ({e})") from None
   except OSError as e:
-    raise ConversionError(f'{file}: unreadable ({e})') from None
+    raise ConversionError(f"{file}: unreadable ({e})") from None
   if not isinstance(obj, dict):
-    raise ConversionError(f'{file}: expected a JSON object with "users" and "user_data", '
-                          f'got {type(obj).__name__}')
-  for key in ('users', 'user_data'):
+    raise ConversionError(f'{file}: expected a JSON object with "users" and "user_data", got {type(obj).__name__}')
+  for key in ("users", "user_data"):
     if key not in obj:
       raise ConversionError(f'{file}: missing key "{key}" (not a LEAF data file?)')
-  users, user_data = obj['users'], obj['user_data']
+  users, user_data = obj["users"], obj["user_data"]
   if not isinstance(users, list) or not isinstance(user_data, dict):
     raise ConversionError(f'{file}: "users" must be a list and "user_data" an object')
-  num_samples = obj.get('num_samples')
-  if num_samples is not None and (not isinstance(num_samples, list)
-                                  or len(num_samples) != len(users)):
-    raise ConversionError(f'{file}: "num_samples" must be a list as long as "users" '
-                          f'({len(users)})')
+  num_samples = obj.get("num_samples")
+  if num_samples is not None and (not isinstance(num_samples, list) or len(num_samples) != len(users)):
+    raise ConversionError(f'{file}: "num_samples" must be a list as long as "users" ({len(users)})')
   seen = set()
   for i, user in enumerate(users):
     if not isinstance(user, str) or not user:
-      raise ConversionError(f'{file}: users[{i}] is {user!r}; user ids are non-empty strings')
+      raise ConversionError(f"{file}: users[{i}] is {user!r}; user ids are non-empty strings")
     if user in seen:
       raise ConversionError(f'{file}: user {user!r} is listed twice in "users"')
     seen.add(user)
     entry = user_data.get(user)
     if entry is None:
       raise ConversionError(f'{file}: user {user!r} is in "users" but has no "user_data"')
-    if not (isinstance(entry, dict) and isinstance(entry.get('x'), list)
-            and isinstance(entry.get('y'), list)):
+    if not (isinstance(entry, dict) and isinstance(entry.get("x"), list) and isinstance(entry.get("y"), list)):
       raise ConversionError(f'{file}: user {user!r}: user_data needs lists "x" and "y"')
-    n = len(entry['x'])
-    if len(entry['y']) != n:
-      raise ConversionError(f'{file}: user {user!r} has {n} x but {len(entry["y"])} y')
+    n = len(entry["x"])
+    if len(entry["y"]) != n:
+      raise ConversionError(f"{file}: user {user!r} has {n} x but {len(entry['y'])} y")
     if n == 0:
-      raise ConversionError(f'{file}: user {user!r} has no examples')
+      raise ConversionError(f"{file}: user {user!r} has no examples")
     if num_samples is not None and num_samples[i] != n:
-      raise ConversionError(f'{file}: user {user!r}: num_samples says {num_samples[i]} but '
-                            f'user_data holds {n} examples')
+      raise ConversionError(
+        f"{file}: user {user!r}: num_samples says {num_samples[i]} but user_data holds {n} examples"
+      )
   extra = [u for u in user_data if u not in seen]
   if extra:
     raise ConversionError(f'{file}: user {extra[0]!r} has user_data but is not in "users"')
@@ -149,11 +145,10 @@ def read_leaf_file(file: str) -> dict[str, Any]:
 def leaf_files(split_dir: str) -> list[str]:
   """The split's ``*.json`` files, sorted by name."""
   if not os.path.isdir(split_dir):
-    raise ConversionError(f'{split_dir}: not a directory (expected LEAF\'s data/<dataset>/'
-                          'data/<split>)')
-  files = sorted(f for f in os.listdir(split_dir) if f.endswith('.json'))
+    raise ConversionError(f"{split_dir}: not a directory (expected LEAF's data/<dataset>/data/<split>)")
+  files = sorted(f for f in os.listdir(split_dir) if f.endswith(".json"))
   if not files:
-    raise ConversionError(f'{split_dir}: holds no .json files')
+    raise ConversionError(f"{split_dir}: holds no .json files")
   return [os.path.join(split_dir, f) for f in files]
 
 
@@ -166,16 +161,15 @@ def _int_labels(ys: list, where: str, num_classes: int | None) -> np.ndarray:
     arr = np.asarray(ys)
   except ValueError:
     arr = np.asarray(ys, dtype=object)
-  if arr.ndim != 1 or arr.dtype.kind not in 'iu':
-    bad = next((i for i, v in enumerate(ys) if not isinstance(v, int) or isinstance(v, bool)),
-               0)
-    raise ConversionError(f'{where}: y[{bad}] = {ys[bad]!r}; labels must be integers')
+  if arr.ndim != 1 or arr.dtype.kind not in "iu":
+    bad = next((i for i, v in enumerate(ys) if not isinstance(v, int) or isinstance(v, bool)), 0)
+    raise ConversionError(f"{where}: y[{bad}] = {ys[bad]!r}; labels must be integers")
   hi = num_classes if num_classes is not None else np.iinfo(np.int32).max
   bad = np.flatnonzero((arr < 0) | (arr >= hi))
   if bad.size:
     i = int(bad[0])
-    limit = f'the {num_classes} classes' if num_classes is not None else 'int32 >= 0'
-    raise ConversionError(f'{where}: y[{i}] = {int(arr[i])} is outside {limit}')
+    limit = f"the {num_classes} classes" if num_classes is not None else "int32 >= 0"
+    raise ConversionError(f"{where}: y[{i}] = {int(arr[i])} is outside {limit}")
   return arr.astype(np.int32)
 
 
@@ -187,14 +181,14 @@ def _float_matrix(xs: list, width: int | None, where: str) -> np.ndarray:
   if arr is None or arr.ndim != 2 or (width is not None and arr.shape[1] != width):
     for i, x in enumerate(xs):
       if not isinstance(x, list) or (width is not None and len(x) != width):
-        got = f'{len(x)} values' if isinstance(x, list) else type(x).__name__
-        raise ConversionError(f'{where}: x[{i}] has {got}; expected '
-                              f'{width if width is not None else "equal-length lists of"} '
-                              'numbers')
-    raise ConversionError(f'{where}: x holds non-numeric values')
+        got = f"{len(x)} values" if isinstance(x, list) else type(x).__name__
+        raise ConversionError(
+          f"{where}: x[{i}] has {got}; expected {width if width is not None else 'equal-length lists of'} numbers"
+        )
+    raise ConversionError(f"{where}: x holds non-numeric values")
   if not np.all(np.isfinite(arr)):
     i = int(np.flatnonzero(~np.all(np.isfinite(arr), axis=1))[0])
-    raise ConversionError(f'{where}: x[{i}] holds a non-finite value')
+    raise ConversionError(f"{where}: x[{i}] holds a non-finite value")
   return arr
 
 
@@ -203,7 +197,7 @@ def _femnist(xs: list, ys: list, where: str) -> tuple[np.ndarray, np.ndarray]:
   x = _float_matrix(xs, size, where)
   bad = np.flatnonzero((x.min(axis=1) < 0) | (x.max(axis=1) > 1))
   if bad.size:
-    raise ConversionError(f'{where}: x[{int(bad[0])}] has pixel values outside [0, 1]')
+    raise ConversionError(f"{where}: x[{int(bad[0])}] has pixel values outside [0, 1]")
   pixels = np.rint(x * 255).astype(np.uint8).reshape(-1, *FEMNIST_SHAPE)
   return pixels, _int_labels(ys, where, len(FEMNIST_LABELS))
 
@@ -216,21 +210,21 @@ def shakespeare_indices(strings: Sequence[str], length: int | None, where: str) 
   """
   if not all(isinstance(s, str) for s in strings):
     i = next(i for i, s in enumerate(strings) if not isinstance(s, str))
-    raise ConversionError(f'{where}: element {i} is {type(strings[i]).__name__}, not a string')
+    raise ConversionError(f"{where}: element {i} is {type(strings[i]).__name__}, not a string")
   lengths = np.fromiter(map(len, strings), np.int64, len(strings))
   length = int(lengths[0]) if length is None else length
   bad = np.flatnonzero(lengths != length)
   if bad.size:
     i = int(bad[0])
-    raise ConversionError(f'{where}: element {i} has {lengths[i]} characters; expected '
-                          f'{length}')
-  codes = np.frombuffer(''.join(strings).encode('utf-32-le'), np.uint32)
+    raise ConversionError(f"{where}: element {i} has {lengths[i]} characters; expected {length}")
+  codes = np.frombuffer("".join(strings).encode("utf-32-le"), np.uint32)
   idx = np.where(codes < 128, _LETTER_LUT[np.minimum(codes, 127)], -1)
   bad = np.flatnonzero(idx < 0)
   if bad.size:
     k = int(bad[0])
-    raise ConversionError(f'{where}: element {k // max(length, 1)} holds {chr(codes[k])!r}, '
-                          'which is not in LEAF\'s 80-symbol ALL_LETTERS')
+    raise ConversionError(
+      f"{where}: element {k // max(length, 1)} holds {chr(codes[k])!r}, which is not in LEAF's 80-symbol ALL_LETTERS"
+    )
   return idx.reshape(len(strings), length)
 
 
@@ -251,8 +245,9 @@ class _Sent140Tokens:
     ids = self.word_ids
     for i, record in enumerate(xs):
       if not (isinstance(record, list) and len(record) >= 5 and isinstance(record[4], str)):
-        raise ConversionError(f'{where}: x[{i}] = {str(record)[:80]}; expected a tweet record '
-                              '[id, date, query, user, text]')
+        raise ConversionError(
+          f"{where}: x[{i}] = {str(record)[:80]}; expected a tweet record [id, date, query, user, text]"
+        )
       tokens = tokenize(record[4])
       lengths[i] = len(tokens)
       flat.extend(ids.setdefault(t, len(ids)) for t in tokens)
@@ -282,21 +277,22 @@ def _pad_truncate(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> np.nda
   return out
 
 
-def _encode_file(file: str, dataset: str,
-                 tokens: _Sent140Tokens | None = None) -> tuple[str, list[tuple[str, Any, Any]]]:
+def _encode_file(
+  file: str, dataset: str, tokens: _Sent140Tokens | None = None
+) -> tuple[str, list[tuple[str, Any, Any]]]:
   """Reads one LEAF file and encodes every user: ``(file, [(user, x, y), ...])``."""
   obj = read_leaf_file(file)
   encoded = []
-  for user in obj['users']:
-    entry = obj['user_data'][user]
-    x_raw, y_raw = entry['x'], entry['y']
-    where = f'{file}: user {user!r}'
-    if dataset == 'femnist':
+  for user in obj["users"]:
+    entry = obj["user_data"][user]
+    x_raw, y_raw = entry["x"], entry["y"]
+    where = f"{file}: user {user!r}"
+    if dataset == "femnist":
       x, y = _femnist(x_raw, y_raw, where)
-    elif dataset == 'shakespeare':
-      x = shakespeare_indices(x_raw, None, f'{where}: x')
-      y = shakespeare_indices(y_raw, 1, f'{where}: y')[:, 0]
-    elif dataset == 'sent140':
+    elif dataset == "shakespeare":
+      x = shakespeare_indices(x_raw, None, f"{where}: x")
+      y = shakespeare_indices(y_raw, 1, f"{where}: y")[:, 0]
+    elif dataset == "sent140":
       x = tokens.encode(x_raw, where)
       y = _int_labels(y_raw, where, len(SENT140_LABELS))
     else:
@@ -310,22 +306,20 @@ def _encode_file_star(args: tuple[str, str]) -> tuple[str, list[tuple[str, Any, 
   return _encode_file(*args)
 
 
-def _map_files(files: list[str], dataset: str, tokens: _Sent140Tokens | None,
-               num_workers: int):
+def _map_files(files: list[str], dataset: str, tokens: _Sent140Tokens | None, num_workers: int):
   """Encodes the files in order; in ``num_workers`` forked processes where that helps.
 
   JSON parsing is the cost (Python's json makes an object per number), one file per process.
   Sent140 stays in this process: its token ids come from one shared table.
   """
   workers = min(num_workers, len(files))
-  if (workers <= 1 or dataset == 'sent140'
-      or 'fork' not in multiprocessing.get_all_start_methods()):
+  if workers <= 1 or dataset == "sent140" or "fork" not in multiprocessing.get_all_start_methods():
     for file in files:
       yield _encode_file(file, dataset, tokens)
     return
   # fork: the children need nothing but this module's functions, and they start in
   # milliseconds (spawn would re-import JAX through fedjaxscale in every worker).
-  with multiprocessing.get_context('fork').Pool(workers) as pool:
+  with multiprocessing.get_context("fork").Pool(workers) as pool:
     yield from pool.imap(_encode_file_star, [(f, dataset) for f in files])
 
 
@@ -333,10 +327,18 @@ def _map_files(files: list[str], dataset: str, tokens: _Sent140Tokens | None,
 # Conversion.
 
 
-def convert_leaf(input_dir: str, output_dir: str, dataset: str, *,
-                 splits: Sequence[str] = ('train', 'test'), vocab_size: int = 10_000,
-                 max_len: int = 25, num_workers: int = 1, overwrite: bool = False,
-                 verbose: bool = True) -> dict[str, FederatedDataset]:
+def convert_leaf(
+  input_dir: str,
+  output_dir: str,
+  dataset: str,
+  *,
+  splits: Sequence[str] = ("train", "test"),
+  vocab_size: int = 10_000,
+  max_len: int = 25,
+  num_workers: int = 1,
+  overwrite: bool = False,
+  verbose: bool = True,
+) -> dict[str, FederatedDataset]:
   """Converts LEAF's ``<input_dir>/<split>/*.json`` into ``<output_dir>/<split>``.
 
   Args:
@@ -364,16 +366,16 @@ def convert_leaf(input_dir: str, output_dir: str, dataset: str, *,
     convert_leaf('leaf/data/femnist/data', 'datasets/femnist', 'femnist')
   """
   if dataset not in DATASETS:
-    raise ConversionError(f'unknown LEAF dataset {dataset!r}; expected one of {DATASETS}')
+    raise ConversionError(f"unknown LEAF dataset {dataset!r}; expected one of {DATASETS}")
   if not splits:
-    raise ConversionError('no splits given')
-  if dataset == 'sent140' and (vocab_size < 1 or max_len < 1):
-    raise ConversionError('sent140 needs vocab_size >= 1 and max_len >= 1')
-  extra = (VOCAB_FILE,) if dataset == 'sent140' else ()
+    raise ConversionError("no splits given")
+  if dataset == "sent140" and (vocab_size < 1 or max_len < 1):
+    raise ConversionError("sent140 needs vocab_size >= 1 and max_len >= 1")
+  extra = (VOCAB_FILE,) if dataset == "sent140" else ()
   _splits_io.check_outputs(output_dir, splits, overwrite, extra)
-  progress = _splits_io.Progress(f'leaf/{dataset}', enabled=verbose)
+  progress = _splits_io.Progress(f"leaf/{dataset}", enabled=verbose)
 
-  tokens = _Sent140Tokens() if dataset == 'sent140' else None
+  tokens = _Sent140Tokens() if dataset == "sent140" else None
   row_shape = seq_len = dim = None
   parsed = {}
   for split in splits:
@@ -383,66 +385,85 @@ def convert_leaf(input_dir: str, output_dir: str, dataset: str, *,
     for file, encoded in _map_files(files, dataset, tokens, num_workers):
       for user, x, y in encoded:
         if user in owner:
-          raise ConversionError(f'{file}: user {user!r} also appears in {owner[user]}; a '
-                                'user may appear in one file per split')
+          raise ConversionError(
+            f"{file}: user {user!r} also appears in {owner[user]}; a user may appear in one file per split"
+          )
         owner[user] = file
-        if dataset in ('shakespeare', 'synthetic'):
+        if dataset in ("shakespeare", "synthetic"):
           shape = x.shape[1:]
           if row_shape is None:
             row_shape = (file, user, shape)
           elif shape != row_shape[2]:
             raise ConversionError(
-                f'{file}: user {user!r} has x of shape {list(shape)} per example but user '
-                f'{row_shape[1]!r} of {row_shape[0]} has {list(row_shape[2])}')
+              f"{file}: user {user!r} has x of shape {list(shape)} per example but user "
+              f"{row_shape[1]!r} of {row_shape[0]} has {list(row_shape[2])}"
+            )
         users.append(user)
         sizes.append(len(y))
         xs.append(x)
         ys.append(y)
-      progress.update(f'{split}: read {os.path.basename(file)} ({len(users):,} clients, '
-                      f'{sum(sizes):,} examples so far)')
+      progress.update(
+        f"{split}: read {os.path.basename(file)} ({len(users):,} clients, {sum(sizes):,} examples so far)"
+      )
     parsed[split] = (users, sizes, xs, ys, files)
-    progress.update(f'{split}: parsed {len(users):,} clients, {sum(sizes):,} examples from '
-                    f'{len(files)} files', force=True)
+    progress.update(
+      f"{split}: parsed {len(users):,} clients, {sum(sizes):,} examples from {len(files)} files", force=True
+    )
   if row_shape is not None:
     seq_len = dim = row_shape[2][0]
 
-  provenance = {'source': 'LEAF JSON (github.com/TalwalkarLab/leaf)',
-                'converter': 'data_pipelines.leaf', 'dataset': dataset, 'input_dir': input_dir}
+  provenance = {
+    "source": "LEAF JSON (github.com/TalwalkarLab/leaf)",
+    "converter": "data_pipelines.leaf",
+    "dataset": dataset,
+    "input_dir": input_dir,
+  }
   label_names: Sequence[str] | None = None
-  if dataset == 'femnist':
+  if dataset == "femnist":
     label_names = FEMNIST_LABELS
-  elif dataset == 'shakespeare':
+  elif dataset == "shakespeare":
     label_names = list(ALL_LETTERS)
-    provenance.update(vocabulary='LEAF ALL_LETTERS', seq_len=seq_len)
-  elif dataset == 'sent140':
+    provenance.update(vocabulary="LEAF ALL_LETTERS", seq_len=seq_len)
+  elif dataset == "sent140":
     label_names = SENT140_LABELS
     train_ids = np.concatenate([flat for flat, _ in parsed[splits[0]][2]])
     vocab, lut = tokens.vocabulary(train_ids, vocab_size)
-    provenance.update(vocab_file=f'../{VOCAB_FILE}', vocab_size=len(vocab) + 2,
-                      vocab_split=splits[0], vocab_max_words=vocab_size, max_len=max_len,
-                      pad_id=PAD_ID, oov_id=OOV_ID, tokenizer="lowercase + LEAF split_line "
-                      r"[\w']+|[.,!?;]", text_field=4)
-    for split, (users, sizes, xs, ys, files) in parsed.items():
+    provenance.update(
+      vocab_file=f"../{VOCAB_FILE}",
+      vocab_size=len(vocab) + 2,
+      vocab_split=splits[0],
+      vocab_max_words=vocab_size,
+      max_len=max_len,
+      pad_id=PAD_ID,
+      oov_id=OOV_ID,
+      tokenizer="lowercase + LEAF split_line "
+      r"[\w']+|[.,!?;]",
+      text_field=4,
+    )
+    for _, _, xs, _, _ in parsed.values():
       xs[:] = [_pad_truncate(lut[flat], lengths, max_len) for flat, lengths in xs]
   else:
     num_classes = 1 + max(int(y.max()) for p in parsed.values() for y in p[3])
     provenance.update(dim=dim, num_classes=num_classes)
 
   os.makedirs(output_dir, exist_ok=True)
-  if dataset == 'sent140':
-    with open(os.path.join(output_dir, VOCAB_FILE), 'w', encoding='utf-8') as f:
-      f.write('\n'.join(['<pad>', '<oov>', *vocab]) + '\n')
+  if dataset == "sent140":
+    with open(os.path.join(output_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
+      f.write("\n".join(["<pad>", "<oov>", *vocab]) + "\n")
   out = {}
   for split, (users, sizes, xs, ys, files) in parsed.items():
-    features_of = {'x': np.concatenate(xs), 'y': np.concatenate(ys)}
+    features_of = {"x": np.concatenate(xs), "y": np.concatenate(ys)}
     out[split] = write_dataset(
-        os.path.join(output_dir, split), users, features_of, np.asarray(sizes, np.int64),
-        label_names=label_names, overwrite=overwrite,
-        provenance=dict(provenance, split=split,
-                        files=[os.path.basename(f) for f in files]))
+      os.path.join(output_dir, split),
+      users,
+      features_of,
+      np.asarray(sizes, np.int64),
+      label_names=label_names,
+      overwrite=overwrite,
+      provenance=dict(provenance, split=split, files=[os.path.basename(f) for f in files]),
+    )
     del features_of
-    num_classes = (len(label_names) if label_names is not None
-                   else provenance.get('num_classes'))
+    num_classes = len(label_names) if label_names is not None else provenance.get("num_classes")
     print(_splits_io.summary_line(split, out[split], num_classes), flush=True)
   return out
 
@@ -454,29 +475,39 @@ def convert_leaf(input_dir: str, output_dir: str, dataset: str, *,
 def define_flags() -> None:
   """Defines the CLI flags. Called only when run as a program: absl flags are process-global,
   and several converters defining ``--output_dir`` in one process (a test run) would clash."""
-  flags.DEFINE_string('input_dir', None,
-                      "LEAF's data/<dataset>/data directory (holding train/ and test/).")
-  flags.DEFINE_enum('dataset', None, list(DATASETS), 'Which LEAF dataset the JSON is.')
-  flags.DEFINE_string('output_dir', None, 'Receives one directory per split.')
-  flags.DEFINE_list('splits', ['train', 'test'], 'LEAF split directories to convert.')
-  flags.DEFINE_integer('vocab_size', 10_000, 'sent140: most frequent train words kept (plus '
-                       'the pad and out-of-vocabulary ids).')
-  flags.DEFINE_integer('max_len', 25, 'sent140: tokens kept per tweet (padded with 0).')
-  flags.DEFINE_integer('num_workers', min(4, os.cpu_count() or 1),
-                       'Processes parsing JSON files in parallel (each holds one parsed file).')
-  flags.DEFINE_boolean('overwrite', False, 'Replace existing split directories.')
-  flags.mark_flags_as_required(['input_dir', 'dataset', 'output_dir'])
+  flags.DEFINE_string("input_dir", None, "LEAF's data/<dataset>/data directory (holding train/ and test/).")
+  flags.DEFINE_enum("dataset", None, list(DATASETS), "Which LEAF dataset the JSON is.")
+  flags.DEFINE_string("output_dir", None, "Receives one directory per split.")
+  flags.DEFINE_list("splits", ["train", "test"], "LEAF split directories to convert.")
+  flags.DEFINE_integer(
+    "vocab_size", 10_000, "sent140: most frequent train words kept (plus the pad and out-of-vocabulary ids)."
+  )
+  flags.DEFINE_integer("max_len", 25, "sent140: tokens kept per tweet (padded with 0).")
+  flags.DEFINE_integer(
+    "num_workers", min(4, os.cpu_count() or 1), "Processes parsing JSON files in parallel (each holds one parsed file)."
+  )
+  flags.DEFINE_boolean("overwrite", False, "Replace existing split directories.")
+  flags.mark_flags_as_required(["input_dir", "dataset", "output_dir"])
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  _splits_io.run_main(lambda: convert_leaf(
-      f.input_dir, f.output_dir, f.dataset, splits=f.splits, vocab_size=f.vocab_size,
-      max_len=f.max_len, num_workers=f.num_workers, overwrite=f.overwrite))
+  _splits_io.run_main(
+    lambda: convert_leaf(
+      f.input_dir,
+      f.output_dir,
+      f.dataset,
+      splits=f.splits,
+      vocab_size=f.vocab_size,
+      max_len=f.max_len,
+      num_workers=f.num_workers,
+      overwrite=f.overwrite,
+    )
+  )
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   define_flags()
   app.run(main)

@@ -61,26 +61,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from data_pipelines.errors import ConversionError
 from fedjaxscale.data.dataset import DatasetError, FederatedDataset, write_dataset
 
 __all__ = [
-    'Partition',
-    'SplitData',
-    'convert_tfds',
-    'dirichlet_label_distributions',
-    'load_split',
-    'parse_partition',
-    'partition_by_feature',
-    'partition_dirichlet',
-    'partition_iid',
+  "Partition",
+  "SplitData",
+  "convert_tfds",
+  "dirichlet_label_distributions",
+  "load_split",
+  "parse_partition",
+  "partition_by_feature",
+  "partition_dirichlet",
+  "partition_iid",
 ]
 
-_CONVERTER = 'data_pipelines.tfds_convert'
+_CONVERTER = "data_pipelines.tfds_convert"
 _CHUNK = 1024
 
 
@@ -88,8 +86,7 @@ def _tfds():
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConversionError(
-        f'tensorflow-datasets is not installed ({e}); pip install "fedjaxscale[tfds]"') from None
+    raise ConversionError(f'tensorflow-datasets is not installed ({e}); pip install "fedjaxscale[tfds]"') from None
   return tfds
 
 
@@ -107,6 +104,7 @@ class Partition:
     alpha: the Dirichlet concentration (``kind == 'dirichlet'``).
     num_clients: N (``'dirichlet'`` and ``'iid'``).
   """
+
   kind: str
   feature: str | None = None
   alpha: float | None = None
@@ -124,30 +122,30 @@ def parse_partition(spec: str, num_clients: int | None = None) -> Partition:
   Raises:
     ConversionError: for an unknown kind, alpha <= 0, or a missing/invalid ``num_clients``.
   """
-  kind, _, arg = str(spec).partition(':')
-  if kind == 'feature':
+  kind, _, arg = str(spec).partition(":")
+  if kind == "feature":
     if not arg:
-      raise ConversionError(f'partition {spec!r}: name the feature, e.g. feature:client_id')
+      raise ConversionError(f"partition {spec!r}: name the feature, e.g. feature:client_id")
     if num_clients is not None:
-      raise ConversionError(f'partition {spec!r}: num_clients applies only to iid and '
-                            'dirichlet; the feature decides the clients')
-    return Partition('feature', feature=arg)
-  if kind not in ('dirichlet', 'iid'):
-    raise ConversionError(f'partition {spec!r}: expected feature:NAME, dirichlet:ALPHA or iid')
-  if num_clients is None or isinstance(num_clients, bool) or int(num_clients) != num_clients \
-      or num_clients < 1:
-    raise ConversionError(f'partition {spec!r}: needs num_clients >= 1, got {num_clients!r}')
-  if kind == 'iid':
+      raise ConversionError(
+        f"partition {spec!r}: num_clients applies only to iid and dirichlet; the feature decides the clients"
+      )
+    return Partition("feature", feature=arg)
+  if kind not in ("dirichlet", "iid"):
+    raise ConversionError(f"partition {spec!r}: expected feature:NAME, dirichlet:ALPHA or iid")
+  if num_clients is None or isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
+    raise ConversionError(f"partition {spec!r}: needs num_clients >= 1, got {num_clients!r}")
+  if kind == "iid":
     if arg:
-      raise ConversionError(f'partition {spec!r}: iid takes no argument; use num_clients')
-    return Partition('iid', num_clients=int(num_clients))
+      raise ConversionError(f"partition {spec!r}: iid takes no argument; use num_clients")
+    return Partition("iid", num_clients=int(num_clients))
   try:
     alpha = float(arg)
   except ValueError:
-    raise ConversionError(f'partition {spec!r}: alpha {arg!r} is not a number') from None
+    raise ConversionError(f"partition {spec!r}: alpha {arg!r} is not a number") from None
   if not math.isfinite(alpha) or alpha <= 0:
-    raise ConversionError(f'partition {spec!r}: alpha must be a finite number > 0, got {arg}')
-  return Partition('dirichlet', alpha=alpha, num_clients=int(num_clients))
+    raise ConversionError(f"partition {spec!r}: alpha must be a finite number > 0, got {arg}")
+  return Partition("dirichlet", alpha=alpha, num_clients=int(num_clients))
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +162,7 @@ class SplitData:
     keys: ``[n]`` str client names (the partition feature), or None.
     label_names: the ClassLabel's names.
   """
+
   x: np.ndarray
   y: np.ndarray
   keys: np.ndarray | None
@@ -180,20 +179,23 @@ def open_builder(name: str, data_dir: str | None = None):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(name.split(':')[0].split('/')[0],
-                                     tfds.list_builders(with_community_datasets=False), 3)
-    hint = f'; did you mean {", ".join(close)}?' if close else ''
+    close = difflib.get_close_matches(
+      name.split(":")[0].split("/")[0], tfds.list_builders(with_community_datasets=False), 3
+    )
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ConversionError(
-        f'unknown TFDS dataset {name!r}: not a TFDS builder and not prepared under data_dir '
-        f'{data_dir or "(TFDS default)"}{hint}') from None
+      f"unknown TFDS dataset {name!r}: not a TFDS builder and not prepared under data_dir "
+      f"{data_dir or '(TFDS default)'}{hint}"
+    ) from None
   except (ValueError, ImportError) as e:
-    raise ConversionError(f'TFDS dataset {name!r}: {e}') from None
-  if not os.path.exists(os.path.join(os.fspath(builder.data_dir), 'dataset_info.json')):
+    raise ConversionError(f"TFDS dataset {name!r}: {e}") from None
+  if not os.path.exists(os.path.join(os.fspath(builder.data_dir), "dataset_info.json")):
     raise ConversionError(
-        f'TFDS dataset {name!r} is not prepared under {os.fspath(builder.data_dir)}; prepare '
-        f"it first (needs network, and TensorFlow for most datasets): python -c \"import "
-        f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR', "
-        f"file_format='array_record').download_and_prepare()\"")
+      f"TFDS dataset {name!r} is not prepared under {os.fspath(builder.data_dir)}; prepare "
+      f'it first (needs network, and TensorFlow for most datasets): python -c "import '
+      f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='DIR', "
+      f"file_format='array_record').download_and_prepare()\""
+    )
   return builder
 
 
@@ -204,19 +206,25 @@ def _check_features(builder, name: str, keys: dict[str, str | None]):
   available = sorted(features.keys())
   for role, key in keys.items():
     if key is not None and key not in features:
-      raise ConversionError(f'TFDS dataset {name!r} has no feature {key!r} (the {role}); '
-                            f'its features are {available}')
-  label = features[keys['label key']]
+      raise ConversionError(f"TFDS dataset {name!r} has no feature {key!r} (the {role}); its features are {available}")
+  label = features[keys["label key"]]
   if not isinstance(label, tfds.features.ClassLabel):
     raise ConversionError(
-        f'TFDS dataset {name!r}: label key {keys["label key"]!r} is a '
-        f'{type(label).__name__}, not a ClassLabel; pick a ClassLabel feature with --y_key')
+      f"TFDS dataset {name!r}: label key {keys['label key']!r} is a "
+      f"{type(label).__name__}, not a ClassLabel; pick a ClassLabel feature with --y_key"
+    )
   return list(label.names)
 
 
-def load_split(builder, split: str, *, x_key: str = 'image', y_key: str = 'label',
-               partition_key: str | None = None,
-               log: Callable[[str], None] | None = None) -> SplitData:
+def load_split(
+  builder,
+  split: str,
+  *,
+  x_key: str = "image",
+  y_key: str = "label",
+  partition_key: str | None = None,
+  log: Callable[[str], None] | None = None,
+) -> SplitData:
   """Reads one split's ``x_key``, ``y_key`` (and ``partition_key``) into memory.
 
   Uses ``builder.as_data_source(split)`` when the dataset was prepared in a random-access
@@ -229,36 +237,39 @@ def load_split(builder, split: str, *, x_key: str = 'image', y_key: str = 'label
   tfds = _tfds()
   name = builder.info.full_name
   label_names = _check_features(
-      builder, name, {'input key': x_key, 'label key': y_key, 'partition feature': partition_key})
+    builder, name, {"input key": x_key, "label key": y_key, "partition feature": partition_key}
+  )
   wanted = [k for k in (x_key, y_key, partition_key) if k is not None]
-  where = f'TFDS {name} split {split!r}'
+  where = f"TFDS {name} split {split!r}"
   random_access = set(tfds.core.file_adapters.FileFormat.with_random_access())
   if builder.info.available_file_formats() & random_access:
     try:
       source = builder.as_data_source(split)
     except (ValueError, KeyError) as e:
-      raise ConversionError(f'{where}: {e}') from None
+      raise ConversionError(f"{where}: {e}") from None
     total = len(source)
-    batches = (_stack_rows(source.__getitems__(list(range(i, min(i + _CHUNK, total)))), wanted,
-                           where, i)
-               for i in range(0, total, _CHUNK))
+    batches = (
+      _stack_rows(source.__getitems__(list(range(i, min(i + _CHUNK, total)))), wanted, where, i)
+      for i in range(0, total, _CHUNK)
+    )
   else:
     try:
       dataset = builder.as_dataset(split=split, shuffle_files=False, batch_size=_CHUNK)
     except ImportError as e:
       raise ConversionError(
-          f'{where}: prepared as {builder.info.file_format.value}, which TFDS reads only with '
-          f'TensorFlow ({e}); pip install tensorflow-cpu, or prepare the dataset with '
-          '--file_format=array_record') from None
+        f"{where}: prepared as {builder.info.file_format.value}, which TFDS reads only with "
+        f"TensorFlow ({e}); pip install tensorflow-cpu, or prepare the dataset with "
+        "--file_format=array_record"
+      ) from None
     except (ValueError, KeyError) as e:
-      raise ConversionError(f'{where}: {e}') from None
+      raise ConversionError(f"{where}: {e}") from None
     try:
       total = int(builder.info.splits[split].num_examples)
     except (ValueError, KeyError) as e:
-      raise ConversionError(f'{where}: {e}') from None
+      raise ConversionError(f"{where}: {e}") from None
     batches = ({k: np.asarray(b[k]) for k in wanted} for b in tfds.as_numpy(dataset))
   if total == 0:
-    raise ConversionError(f'{where}: the split holds no examples')
+    raise ConversionError(f"{where}: the split holds no examples")
 
   columns: dict[str, np.ndarray] = {}
   filled = 0
@@ -270,20 +281,22 @@ def load_split(builder, split: str, *, x_key: str = 'image', y_key: str = 'label
         columns[k] = np.empty((total,) + arr.shape[1:], arr.dtype)
       elif arr.shape[1:] != columns[k].shape[1:]:
         raise ConversionError(
-            f'{where}: feature {k!r} has per-example shape {arr.shape[1:]} near row {filled} '
-            f'but {columns[k].shape[1:]} before; only fixed-shape features can be stored')
-      columns[k][filled:filled + m] = arr
+          f"{where}: feature {k!r} has per-example shape {arr.shape[1:]} near row {filled} "
+          f"but {columns[k].shape[1:]} before; only fixed-shape features can be stored"
+        )
+      columns[k][filled : filled + m] = arr
     filled += m
     if log is not None and (i % 16 == 15 or filled >= total):
-      log(f'{where}: read {filled}/{total} examples')
+      log(f"{where}: read {filled}/{total} examples")
   if filled != total:
-    raise ConversionError(f'{where}: read {filled} examples but the split has {total}')
+    raise ConversionError(f"{where}: read {filled} examples but the split has {total}")
 
   y = columns[y_key]
   bad = np.flatnonzero((y < 0) | (y >= len(label_names)))
   if bad.size:
-    raise ConversionError(f'{where}: row {bad[0]} has label {int(y[bad[0]])}, outside the '
-                          f'{len(label_names)} classes of {y_key!r}')
+    raise ConversionError(
+      f"{where}: row {bad[0]} has label {int(y[bad[0]])}, outside the {len(label_names)} classes of {y_key!r}"
+    )
   x = columns[x_key]
   if x.dtype == np.int64:
     x = x.astype(np.int32) if x.size == 0 or np.abs(x).max() < 2**31 else x
@@ -295,8 +308,7 @@ def load_split(builder, split: str, *, x_key: str = 'image', y_key: str = 'label
   return SplitData(x=x, y=y.astype(np.int32), keys=keys, label_names=label_names)
 
 
-def _stack_rows(rows: Sequence[dict[str, Any]], wanted: list[str], where: str,
-                start: int) -> dict[str, np.ndarray]:
+def _stack_rows(rows: Sequence[dict[str, Any]], wanted: list[str], where: str, start: int) -> dict[str, np.ndarray]:
   out = {}
   for k in wanted:
     values = [r[k] for r in rows]
@@ -306,21 +318,23 @@ def _stack_rows(rows: Sequence[dict[str, Any]], wanted: list[str], where: str,
       shapes = [np.shape(v) for v in values]
       row = next(i for i, s in enumerate(shapes) if s != shapes[0])
       raise ConversionError(
-          f'{where}: feature {k!r} has per-example shape {shapes[row]} at row {start + row} '
-          f'but {shapes[0]} at row {start}; only fixed-shape features can be stored') from None
+        f"{where}: feature {k!r} has per-example shape {shapes[row]} at row {start + row} "
+        f"but {shapes[0]} at row {start}; only fixed-shape features can be stored"
+      ) from None
   return out
 
 
 def _as_str(values: np.ndarray, where: str, key: str) -> np.ndarray:
   if values.ndim != 1:
-    raise ConversionError(f'{where}: partition feature {key!r} has per-example shape '
-                          f'{values.shape[1:]}; a client name must be a scalar')
-  if values.dtype.kind in 'SO':
+    raise ConversionError(
+      f"{where}: partition feature {key!r} has per-example shape {values.shape[1:]}; a client name must be a scalar"
+    )
+  if values.dtype.kind in "SO":
     try:
-      return np.array([v.decode('utf-8') if isinstance(v, bytes) else str(v) for v in values])
+      return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values])
     except UnicodeDecodeError as e:
-      raise ConversionError(f'{where}: partition feature {key!r} is not UTF-8 text: {e}') from None
-  if values.dtype.kind in 'iub':
+      raise ConversionError(f"{where}: partition feature {key!r} is not UTF-8 text: {e}") from None
+  if values.dtype.kind in "iub":
     return values.astype(np.int64).astype(str)
   return values.astype(str)
 
@@ -336,27 +350,27 @@ def partition_by_feature(keys: np.ndarray) -> tuple[list[str], list[np.ndarray]]
     (client ids, per-client row indices in source order).
   """
   ids, inverse = np.unique(keys, return_inverse=True)
-  order = np.argsort(inverse, kind='stable')
+  order = np.argsort(inverse, kind="stable")
   bounds = np.cumsum(np.bincount(inverse, minlength=len(ids)))[:-1]
   return [str(i) for i in ids], np.split(order, bounds)
 
 
 def _near_equal_sizes(total: int, num_clients: int) -> np.ndarray:
   sizes = np.full(num_clients, total // num_clients, np.int64)
-  sizes[:total % num_clients] += 1
+  sizes[: total % num_clients] += 1
   return sizes
 
 
-def partition_iid(num_examples: int, num_clients: int,
-                  rng: np.random.Generator) -> list[np.ndarray]:
+def partition_iid(num_examples: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
   """A seeded shuffle cut into ``num_clients`` near-equal parts (sizes differ by at most 1)."""
   perm = rng.permutation(num_examples)
   parts = np.split(perm, np.cumsum(_near_equal_sizes(num_examples, num_clients))[:-1])
   return [np.sort(p) for p in parts]
 
 
-def dirichlet_label_distributions(label_prior: np.ndarray, alpha: float, num_clients: int,
-                                  rng: np.random.Generator) -> np.ndarray:
+def dirichlet_label_distributions(
+  label_prior: np.ndarray, alpha: float, num_clients: int, rng: np.random.Generator
+) -> np.ndarray:
   """Draws each client's label distribution ``q_k ~ Dir(alpha * p)`` (Hsu et al. 2019).
 
   Args:
@@ -381,8 +395,9 @@ def dirichlet_label_distributions(label_prior: np.ndarray, alpha: float, num_cli
   return q / q.sum(axis=1, keepdims=True)
 
 
-def partition_dirichlet(labels: np.ndarray, label_distributions: np.ndarray,
-                        rng: np.random.Generator) -> list[np.ndarray]:
+def partition_dirichlet(
+  labels: np.ndarray, label_distributions: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
   """Draws near-equal-sized clients by label, without replacement (module docstring, step 3-5).
 
   Args:
@@ -411,8 +426,7 @@ def partition_dirichlet(labels: np.ndarray, label_distributions: np.ndarray,
       counts += draw
       left -= draw
       need -= int(draw.sum())
-    parts.append(np.sort(np.concatenate(
-        [pools[c][taken[c]:taken[c] + counts[c]] for c in range(num_classes)])))
+    parts.append(np.sort(np.concatenate([pools[c][taken[c] : taken[c] + counts[c]] for c in range(num_classes)])))
     taken += counts
   return parts
 
@@ -421,12 +435,21 @@ def partition_dirichlet(labels: np.ndarray, label_distributions: np.ndarray,
 # Conversion.
 
 
-def convert_tfds(name: str, output_dir: str | os.PathLike, *, partition: str | Partition = 'iid',
-                 num_clients: int | None = None, data_dir: str | None = None,
-                 train_split: str = 'train', test_split: str | None = 'test',
-                 x_key: str = 'image', y_key: str = 'label', seed: int = 0,
-                 overwrite: bool = False,
-                 log: Callable[[str], None] | None = None) -> dict[str, FederatedDataset]:
+def convert_tfds(
+  name: str,
+  output_dir: str | os.PathLike,
+  *,
+  partition: str | Partition = "iid",
+  num_clients: int | None = None,
+  data_dir: str | None = None,
+  train_split: str = "train",
+  test_split: str | None = "test",
+  x_key: str = "image",
+  y_key: str = "label",
+  seed: int = 0,
+  overwrite: bool = False,
+  log: Callable[[str], None] | None = None,
+) -> dict[str, FederatedDataset]:
   """Converts a prepared TFDS dataset into ``output_dir/train`` and ``output_dir/test``.
 
   Args:
@@ -456,55 +479,55 @@ def convert_tfds(name: str, output_dir: str | os.PathLike, *, partition: str | P
   """
   if not isinstance(partition, Partition):
     partition = parse_partition(partition, num_clients)
-  splits = {'train': train_split}
+  splits = {"train": train_split}
   if test_split:
-    splits['test'] = test_split
+    splits["test"] = test_split
   output_dir = os.fspath(output_dir)
   for split_name in splits:  # Refuse before any work, so nothing already written is lost.
     dest = os.path.join(output_dir, split_name)
-    if os.path.exists(os.path.join(dest, 'meta.json')) and not overwrite:
-      raise ConversionError(f'{dest}: already holds a dataset; pass --overwrite to replace it')
+    if os.path.exists(os.path.join(dest, "meta.json")) and not overwrite:
+      raise ConversionError(f"{dest}: already holds a dataset; pass --overwrite to replace it")
 
   builder = open_builder(name, data_dir)
   full_name = builder.info.full_name
-  data = {s: load_split(builder, source_split, x_key=x_key, y_key=y_key,
-                        partition_key=partition.feature, log=log)
-          for s, source_split in splits.items()}
+  data = {
+    s: load_split(builder, source_split, x_key=x_key, y_key=y_key, partition_key=partition.feature, log=log)
+    for s, source_split in splits.items()
+  }
   for s, d in data.items():
     if partition.num_clients is not None and partition.num_clients > len(d.y):
       raise ConversionError(
-          f'TFDS {full_name} split {splits[s]!r}: {partition.num_clients} clients but only '
-          f'{len(d.y)} examples; every client needs at least one')
+        f"TFDS {full_name} split {splits[s]!r}: {partition.num_clients} clients but only "
+        f"{len(d.y)} examples; every client needs at least one"
+      )
 
   seeds = np.random.SeedSequence(seed).spawn(3)
   parts: dict[str, tuple[list[str], list[np.ndarray]]] = {}
-  if partition.kind == 'feature':
+  if partition.kind == "feature":
     for s, d in data.items():
       parts[s] = partition_by_feature(d.keys)
   else:
     width = len(str(partition.num_clients - 1))
-    ids = [f'{k:0{width}d}' for k in range(partition.num_clients)]
-    if partition.kind == 'iid':
+    ids = [f"{k:0{width}d}" for k in range(partition.num_clients)]
+    if partition.kind == "iid":
       for i, (s, d) in enumerate(data.items()):
-        parts[s] = ids, partition_iid(len(d.y), partition.num_clients,
-                                      np.random.default_rng(seeds[i]))
+        parts[s] = ids, partition_iid(len(d.y), partition.num_clients, np.random.default_rng(seeds[i]))
     else:
-      num_classes = len(data['train'].label_names)
-      prior = np.bincount(data['train'].y, minlength=num_classes)
-      q = dirichlet_label_distributions(prior, partition.alpha, partition.num_clients,
-                                        np.random.default_rng(seeds[2]))
+      num_classes = len(data["train"].label_names)
+      prior = np.bincount(data["train"].y, minlength=num_classes)
+      q = dirichlet_label_distributions(prior, partition.alpha, partition.num_clients, np.random.default_rng(seeds[2]))
       for i, (s, d) in enumerate(data.items()):
         parts[s] = ids, partition_dirichlet(d.y, q, np.random.default_rng(seeds[i]))
 
   provenance = {
-      'source': 'tensorflow-datasets',
-      'converter': _CONVERTER,
-      'dataset': full_name,
-      'file_format': builder.info.file_format.value if builder.info.file_format else None,
-      'x_key': x_key,
-      'y_key': y_key,
-      'partition': dataclasses.asdict(partition),
-      'seed': seed,
+    "source": "tensorflow-datasets",
+    "converter": _CONVERTER,
+    "dataset": full_name,
+    "file_format": builder.info.file_format.value if builder.info.file_format else None,
+    "x_key": x_key,
+    "y_key": y_key,
+    "partition": dataclasses.asdict(partition),
+    "seed": seed,
   }
   written = {}
   for s, d in data.items():
@@ -512,49 +535,62 @@ def convert_tfds(name: str, output_dir: str | os.PathLike, *, partition: str | P
     order = np.concatenate(rows)
     sizes = np.array([len(r) for r in rows], np.int64)
     written[s] = write_dataset(
-        os.path.join(output_dir, s), client_ids, {'x': d.x[order], 'y': d.y[order]}, sizes,
-        label_names=d.label_names, provenance={**provenance, 'split': splits[s]},
-        overwrite=overwrite)
+      os.path.join(output_dir, s),
+      client_ids,
+      {"x": d.x[order], "y": d.y[order]},
+      sizes,
+      label_names=d.label_names,
+      provenance={**provenance, "split": splits[s]},
+      overwrite=overwrite,
+    )
     if log is not None:
-      log(f'{s}: {len(client_ids)} clients, {len(order)} examples, '
-          f'{len(np.unique(d.y))} classes (of {len(d.label_names)})')
+      log(
+        f"{s}: {len(client_ids)} clients, {len(order)} examples, "
+        f"{len(np.unique(d.y))} classes (of {len(d.label_names)})"
+      )
   return written
 
 
 # --------------------------------------------------------------------------------------------
 # Command line.
 
-_DATASET = flags.DEFINE_string('dataset', None, 'TFDS name, e.g. mnist or emnist/byclass.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'TFDS data directory holding the prepared dataset.')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Writes OUTPUT_DIR/train and /test.')
-_PARTITION = flags.DEFINE_string('partition', 'iid',
-                                 'feature:NAME, dirichlet:ALPHA or iid.')
-_NUM_CLIENTS = flags.DEFINE_integer('num_clients', None, 'N for dirichlet and iid.')
-_TRAIN_SPLIT = flags.DEFINE_string('train_split', 'train', 'TFDS split for train.')
-_TEST_SPLIT = flags.DEFINE_string('test_split', 'test', "TFDS split for test ('' for none).")
-_X_KEY = flags.DEFINE_string('x_key', 'image', 'Input feature, stored as x.')
-_Y_KEY = flags.DEFINE_string('y_key', 'label', 'ClassLabel feature, stored as y.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed for every shuffle and Dirichlet draw.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace existing output splits.')
+_DATASET = flags.DEFINE_string("dataset", None, "TFDS name, e.g. mnist or emnist/byclass.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory holding the prepared dataset.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Writes OUTPUT_DIR/train and /test.")
+_PARTITION = flags.DEFINE_string("partition", "iid", "feature:NAME, dirichlet:ALPHA or iid.")
+_NUM_CLIENTS = flags.DEFINE_integer("num_clients", None, "N for dirichlet and iid.")
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "TFDS split for train.")
+_TEST_SPLIT = flags.DEFINE_string("test_split", "test", "TFDS split for test ('' for none).")
+_X_KEY = flags.DEFINE_string("x_key", "image", "Input feature, stored as x.")
+_Y_KEY = flags.DEFINE_string("y_key", "label", "ClassLabel feature, stored as y.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for every shuffle and Dirichlet draw.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output splits.")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _DATASET.value or not _OUTPUT_DIR.value:
-    raise app.UsageError('--dataset and --output_dir are required')
+    raise app.UsageError("--dataset and --output_dir are required")
   try:
-    convert_tfds(_DATASET.value, _OUTPUT_DIR.value, partition=_PARTITION.value,
-                 num_clients=_NUM_CLIENTS.value, data_dir=_DATA_DIR.value,
-                 train_split=_TRAIN_SPLIT.value, test_split=_TEST_SPLIT.value,
-                 x_key=_X_KEY.value, y_key=_Y_KEY.value, seed=_SEED.value,
-                 overwrite=_OVERWRITE.value,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+    convert_tfds(
+      _DATASET.value,
+      _OUTPUT_DIR.value,
+      partition=_PARTITION.value,
+      num_clients=_NUM_CLIENTS.value,
+      data_dir=_DATA_DIR.value,
+      train_split=_TRAIN_SPLIT.value,
+      test_split=_TEST_SPLIT.value,
+      x_key=_X_KEY.value,
+      y_key=_Y_KEY.value,
+      seed=_SEED.value,
+      overwrite=_OVERWRITE.value,
+      log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
   except (ConversionError, DatasetError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   app.run(main)

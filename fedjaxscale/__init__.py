@@ -9,12 +9,12 @@ subpackage you use, e.g. ``from fedjaxscale import algorithms``.
 __version__ = "0.1.0"
 
 __all__ = [
-    "algorithms",
-    "core",
-    "data",
-    "engine",
-    "models",
-    "scheduler",
-    "systems",
-    "training",
+  "algorithms",
+  "core",
+  "data",
+  "engine",
+  "models",
+  "scheduler",
+  "systems",
+  "training",
 ]

@@ -18,8 +18,12 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and generated data.")
-config_flags.DEFINE_config_file("config", None, "Experiment config: a Python file with get_config(); "
-                                "':variant' after the path selects a variant.", lock_config=True)
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Experiment config: a Python file with get_config(); ':variant' after the path selects a variant.",
+  lock_config=True,
+)
 flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its newest checkpoint.")
 flags.DEFINE_bool("overwrite", False, "Replace the run that --workdir holds.")
 flags.DEFINE_bool("progress", True, "Show a progress bar (or periodic log lines when not on a terminal).")
@@ -56,16 +60,22 @@ def main(argv):
     _fail(f"unexpected arguments {argv[1:]}; config fields are set as --config.FIELD=VALUE")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # checkpoint libraries log every save at INFO
-  from fedjaxscale.training import ConfigError, train_and_evaluate  # after flag parsing: keeps --help fast
-  from fedjaxscale.training import distributed
+  from fedjaxscale.training import ConfigError, distributed, train_and_evaluate  # after flag parsing: keeps --help fast
+
   try:
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                           auto=FLAGS.distributed, heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+    distributed.initialize(
+      FLAGS.coordinator_address,
+      FLAGS.num_processes,
+      FLAGS.process_id,
+      auto=FLAGS.distributed,
+      heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+    )
   except ValueError as e:
     _fail(str(e))
   try:
-    summary = train_and_evaluate(FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
-                                 show_progress=FLAGS.progress)
+    summary = train_and_evaluate(
+      FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite, show_progress=FLAGS.progress
+    )
   except ConfigError as e:
     _fail(str(e))
   if distributed.is_lead():
@@ -76,6 +86,7 @@ def run():
   """The ``fedjaxscale`` console command."""
   if len(sys.argv) > 1 and sys.argv[1] == "plot":
     from fedjaxscale.training import plots
+
     sys.exit(plots.main(sys.argv[2:]))
   app.run(main, flags_parser=_parse)
 

@@ -30,10 +30,10 @@ def batches(n, batch_size, *, local_steps=None, local_epochs=None):
   if local_steps is not None:
     width = min(batch_size, n)
     stream = np.arange(local_steps * width) % n
-    return [stream[s * width:(s + 1) * width] for s in range(local_steps)]
+    return [stream[s * width : (s + 1) * width] for s in range(local_steps)]
   total = int(np.ceil(local_epochs * n - 1e-9))
   stream = np.arange(total) % n
-  return [stream[i:i + batch_size] for i in range(0, total, batch_size)]
+  return [stream[i : i + batch_size] for i in range(0, total, batch_size)]
 
 
 def client_update(w, b, x, y, lr, batch_size, mu=0.0, **mode):

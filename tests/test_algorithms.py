@@ -24,18 +24,38 @@ def tiny_clients(sizes=(5, 11, 23), seed=0):
 
 # name -> (factory(model) -> Algorithm, reference server rule, weighting, FedProx mu)
 ALGORITHMS = {
-    "fedavg": (lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR)), ("sgd", 1.0), "num_examples", 0.0),
-    "fedavg_uniform": (lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR), weighting="uniform"),
-                       ("sgd", 1.0), "uniform", 0.0),
-    "fedavg_server_lr": (lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR), optax.sgd(0.5)), ("sgd", 0.5),
-                         "num_examples", 0.0),
-    "fedprox": (lambda m: algorithms.fedprox(m, optax.sgd(CLIENT_LR), mu=0.5), ("sgd", 1.0), "num_examples", 0.5),
-    "fedyogi": (lambda m: algorithms.fedyogi(m, optax.sgd(CLIENT_LR), server_lr=0.03), ("yogi", 0.03),
-                "num_examples", 0.0),
-    "fedadam": (lambda m: algorithms.fedadam(m, optax.sgd(CLIENT_LR), server_lr=0.03), ("adam", 0.03),
-                "num_examples", 0.0),
-    "fedadagrad": (lambda m: algorithms.fedadagrad(m, optax.sgd(CLIENT_LR), server_lr=0.03), ("adagrad", 0.03),
-                   "num_examples", 0.0),
+  "fedavg": (lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR)), ("sgd", 1.0), "num_examples", 0.0),
+  "fedavg_uniform": (
+    lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR), weighting="uniform"),
+    ("sgd", 1.0),
+    "uniform",
+    0.0,
+  ),
+  "fedavg_server_lr": (
+    lambda m: algorithms.fedavg(m, optax.sgd(CLIENT_LR), optax.sgd(0.5)),
+    ("sgd", 0.5),
+    "num_examples",
+    0.0,
+  ),
+  "fedprox": (lambda m: algorithms.fedprox(m, optax.sgd(CLIENT_LR), mu=0.5), ("sgd", 1.0), "num_examples", 0.5),
+  "fedyogi": (
+    lambda m: algorithms.fedyogi(m, optax.sgd(CLIENT_LR), server_lr=0.03),
+    ("yogi", 0.03),
+    "num_examples",
+    0.0,
+  ),
+  "fedadam": (
+    lambda m: algorithms.fedadam(m, optax.sgd(CLIENT_LR), server_lr=0.03),
+    ("adam", 0.03),
+    "num_examples",
+    0.0,
+  ),
+  "fedadagrad": (
+    lambda m: algorithms.fedadagrad(m, optax.sgd(CLIENT_LR), server_lr=0.03),
+    ("adagrad", 0.03),
+    "num_examples",
+    0.0,
+  ),
 }
 MODES = {"epochs": {"local_epochs": 2}, "steps": {"local_steps": 4}}
 

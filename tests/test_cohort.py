@@ -78,7 +78,7 @@ def test_packing_lays_short_clients_end_to_end():
   assert start[part.owner != -1].sum() == 5 and end[part.owner != -1].sum() == 5
   np.testing.assert_array_equal(local[1][:7], [0, 1, 2, 3, 0, 1, 0])
   for k in range(5):
-    np.testing.assert_array_equal(client_stream(cohort, k), np.arange(sum(sizes[:k]), sum(sizes[:k + 1])))
+    np.testing.assert_array_equal(client_stream(cohort, k), np.arange(sum(sizes[:k]), sum(sizes[: k + 1])))
   unpacked = make_cohort(numbered(sizes), batch_size=4, local_epochs=1, shuffle=False, pack=False)
   assert not unpacked.parts[0].packed and unpacked.parts[0].num_lanes == 5
   assert cohort.padding_efficiency() > unpacked.padding_efficiency()
@@ -89,7 +89,7 @@ def test_gather_from_dataset_equals_make_cohort(tmp_path):
   dataset = write_dataset(tmp_path / "train", ids, features, sizes)
   offsets = np.concatenate([[0], np.cumsum(sizes)])
   chosen = np.array([5, 0, 17, 39, 22])
-  per_client = [{k: v[offsets[i]:offsets[i + 1]] for k, v in features.items()} for i in chosen]
+  per_client = [{k: v[offsets[i] : offsets[i + 1]] for k, v in features.items()} for i in chosen]
   for mode in ({"local_steps": 3}, {"local_epochs": 1.5}):
     direct = make_cohort(per_client, 8, seed=9, client_ids=[ids[i] for i in chosen], **mode)
     by_index = gather_cohort(dataset, chosen, 8, seed=9, **mode)
@@ -168,7 +168,9 @@ def test_bucket_size_grid():
   assert bucket_size(17, 4) % 4 == 0 and bucket_size(17, 4) >= 17
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({"batch_size": 0, "local_steps": 1}, "batch_size"),
     ({"batch_size": 2}, "exactly one of local_steps and local_epochs"),
     ({"batch_size": 2, "local_steps": 1, "local_epochs": 1}, "exactly one"),
@@ -177,7 +179,8 @@ def test_bucket_size_grid():
     ({"batch_size": 2, "local_steps": 1, "weights": [1.0]}, "weights"),
     ({"batch_size": 2, "local_steps": 1, "max_steps": [1, -1]}, "max_steps"),
     ({"batch_size": 2, "local_steps": 1, "lane_multiple": 0}, "lane_multiple"),
-])
+  ],
+)
 def test_bad_arguments_are_named(kwargs, message):
   with pytest.raises(ValueError, match=message):
     make_cohort(numbered([3, 4]), **kwargs)
@@ -215,6 +218,7 @@ def test_cohort_checks_its_owners():
 
 def test_a_cohort_too_large_to_build_is_refused_with_numbers(monkeypatch):
   from fedjaxscale.data import cohort as cohort_lib
+
   monkeypatch.setattr(cohort_lib, "MAX_SLOTS", 100)
   data = numbered([400, 8, 8])
   # The longest client has 100 steps; lanes are the coarse bucket above it, 128.

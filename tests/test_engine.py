@@ -16,8 +16,10 @@ BATCH = 4
 
 def clients(sizes=(5, 11, 23, 3, 8, 14, 30), seed=0, features=6, classes=3):
   rng = np.random.default_rng(seed)
-  return [{"x": rng.normal(size=(n, features)).astype(np.float32), "y": rng.integers(0, classes, n).astype(np.int32)}
-          for n in sizes]
+  return [
+    {"x": rng.normal(size=(n, features)).astype(np.float32), "y": rng.integers(0, classes, n).astype(np.int32)}
+    for n in sizes
+  ]
 
 
 def one_device_mesh():
@@ -73,8 +75,9 @@ def test_one_client_per_cohort_equals_the_cohort():
     s, _ = alg.apply(alg.init(params), make_cohort([c], BATCH, local_epochs=1, shuffle=False), jax.random.key(0))
     singles.append(s.params)
   sizes = np.array([len(c["y"]) for c in data], np.float64)
-  expected = jax.tree.map(lambda *xs: np.tensordot(sizes / sizes.sum(), np.stack([np.asarray(x) for x in xs]), 1),
-                          *singles)
+  expected = jax.tree.map(
+    lambda *xs: np.tensordot(sizes / sizes.sum(), np.stack([np.asarray(x) for x in xs]), 1), *singles
+  )
   assert_trees_close(whole.params, expected, tol=1e-5)
 
 
@@ -144,7 +147,7 @@ def test_second_round_does_not_recompile():
     # The hot loop may transfer only explicitly (cohort in, per-client scalars out).
     with jax.log_compiles(True), jax.transfer_guard("disallow"):
       for r in range(1, 3):
-        cohort = make_cohort(data[r:r + 5], BATCH, local_steps=3, seed=r)
+        cohort = make_cohort(data[r : r + 5], BATCH, local_steps=3, seed=r)
         state, _ = alg.apply(state, cohort, keys[r])
   finally:
     logger.removeHandler(handler)
@@ -164,8 +167,9 @@ def test_same_seed_same_bits():
   np.testing.assert_array_equal(out[0][1], out[1][1])
   other = make_cohort(data, BATCH, local_epochs=1, shuffle=True, seed=8)
   state_other, _ = run_rounds(Engine("vmap"), other, rounds=2, seed=11)
-  assert not np.array_equal(np.asarray(state_other.params["Dense_0"]["kernel"]),
-                            np.asarray(out[0][0]["Dense_0"]["kernel"]))
+  assert not np.array_equal(
+    np.asarray(state_other.params["Dense_0"]["kernel"]), np.asarray(out[0][0]["Dense_0"]["kernel"])
+  )
 
 
 @pytest.mark.parametrize("backend", ["vmap", "loop"])
@@ -221,8 +225,10 @@ def test_engine_rejects_bad_configuration():
 
 def test_femnist_cnn_runs_in_vmap_backend():
   rng = np.random.default_rng(0)
-  data = [{"x": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), "y": rng.integers(0, 62, n).astype(np.int32)}
-          for n in (3, 5)]
+  data = [
+    {"x": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), "y": rng.integers(0, 62, n).astype(np.int32)}
+    for n in (3, 5)
+  ]
   model = models.femnist_cnn(dense=32)
   alg = algorithms.fedavg(model, optax.sgd(0.05))
   state = alg.init(model.init(jax.random.key(0)))
@@ -236,6 +242,7 @@ def test_scan_unroll_and_cpu_chunk_cap_do_not_change_results():
   unrolled, _ = run_rounds(Engine("vmap", scan_unroll=True), cohort, rounds=1)
   assert_trees_close(rolled.params, unrolled.params)
   from fedjaxscale.engine import executor
+
   old = executor.CPU_LANES_PER_DEVICE
   executor.CPU_LANES_PER_DEVICE = 1  # 7 lanes over 4 devices -> chunks of 4 lanes
   try:

@@ -21,8 +21,8 @@ def reference(model, params, dataset, clients):
   loss = -(logits[np.arange(len(y)), y] - np.log(np.exp(logits).sum(-1)))
   correct = (logits.argmax(-1) == y).astype(np.float64)
   off = dataset.offsets
-  per_loss = np.array([loss[off[k]:off[k + 1]].mean() for k in clients])
-  per_acc = np.array([correct[off[k]:off[k + 1]].mean() for k in clients])
+  per_loss = np.array([loss[off[k] : off[k + 1]].mean() for k in clients])
+  per_acc = np.array([correct[off[k] : off[k + 1]].mean() for k in clients])
   rows = np.concatenate([np.arange(off[k], off[k + 1]) for k in clients])
   return loss[rows].mean(), correct[rows].mean(), per_loss, per_acc
 

@@ -11,13 +11,13 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fedjaxscale"
 ALLOWED = {
-    "core": {"core"},
-    "models": {"core", "models"},
-    "engine": {"core", "models", "engine"},
-    "algorithms": {"core", "models", "engine", "algorithms"},
-    "data": {"core", "data"},
-    "systems": {"systems"},
-    "scheduler": {"systems", "scheduler"},
+  "core": {"core"},
+  "models": {"core", "models"},
+  "engine": {"core", "models", "engine"},
+  "algorithms": {"core", "models", "engine", "algorithms"},
+  "data": {"core", "data"},
+  "systems": {"systems"},
+  "scheduler": {"systems", "scheduler"},
 }
 NO_JAX = {"systems", "scheduler", "data"}
 

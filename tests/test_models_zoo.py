@@ -48,14 +48,18 @@ def num_params(model):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
-@pytest.mark.parametrize("factory, expected", [
+@pytest.mark.parametrize(
+  "factory, expected",
+  [
     (lambda: models.shakespeare_lstm(), 817_872),  # 80 chars, embed 8, LSTM 256 x 2
     (lambda: models.shakespeare_seq_lstm(), 820_522),  # 86 + 4 ids
     (lambda: models.stackoverflow_lstm(), 4_050_748),  # as Reddi et al. (ICLR 2021) report
     (lambda: models.resnet18_gn(1000, image_shape=(224, 224, 3)), 11_689_512),  # = torchvision resnet18
     (lambda: models.resnet18_gn(100), 11_220_132),  # CIFAR-100, 3x3 stem
     (lambda: models.speech_cnn(), 245_123),
-], ids=["shakespeare_leaf", "shakespeare_seq", "stackoverflow", "resnet18_imagenet", "resnet18_cifar", "speech"])
+  ],
+  ids=["shakespeare_leaf", "shakespeare_seq", "stackoverflow", "resnet18_imagenet", "resnet18_cifar", "speech"],
+)
 def test_parameter_counts_at_paper_sizes(factory, expected):
   assert num_params(factory()) == expected
 
@@ -99,7 +103,7 @@ def image_examples(n, rng, classes=3, side=16):
   y = rng.integers(0, classes, n).astype(np.int32)
   x = rng.integers(0, 60, (n, side, side)).astype(np.uint8)
   for i, c in enumerate(y):  # class c lights up the c-th horizontal band
-    x[i, c * side // classes:(c + 1) * side // classes] += 180
+    x[i, c * side // classes : (c + 1) * side // classes] += 180
   return {"x": x, "y": y}
 
 
@@ -107,16 +111,16 @@ def speech_examples(n, rng, classes=3, frames=16, mels=8):
   y = rng.integers(0, classes, n).astype(np.int32)
   x = rng.normal(size=(n, frames, mels)).astype(np.float32) - 5.0
   for i, c in enumerate(y):  # class c is energy in mel bands [2c, 2c + 2)
-    x[i, :, 2 * c:2 * c + 2] += 3.0
+    x[i, :, 2 * c : 2 * c + 2] += 3.0
   return {"x": x, "y": y}
 
 
 TINY = {
-    "shakespeare_leaf": (lambda: models.shakespeare_lstm(10, embed_dim=8, lstm_sizes=(16, 16)), leaf_examples),
-    "shakespeare_seq": (lambda: tiny_seq("shakespeare_seq"), seq_examples),
-    "stackoverflow": (lambda: tiny_seq("stackoverflow"), seq_examples),
-    "resnet18_gn": (lambda: models.resnet18_gn(3, width=4, groups=2, image_shape=(16, 16)), image_examples),
-    "speech_cnn": (lambda: models.speech_cnn(3, channels=(4, 8), groups=2, num_mels=8), speech_examples),
+  "shakespeare_leaf": (lambda: models.shakespeare_lstm(10, embed_dim=8, lstm_sizes=(16, 16)), leaf_examples),
+  "shakespeare_seq": (lambda: tiny_seq("shakespeare_seq"), seq_examples),
+  "stackoverflow": (lambda: tiny_seq("stackoverflow"), seq_examples),
+  "resnet18_gn": (lambda: models.resnet18_gn(3, width=4, groups=2, image_shape=(16, 16)), image_examples),
+  "speech_cnn": (lambda: models.speech_cnn(3, channels=(4, 8), groups=2, num_mels=8), speech_examples),
 }
 
 
@@ -177,14 +181,14 @@ def _reference_sequence_numbers(logits, y):
     return v[keep].mean() if keep.any() else 0.0
 
   return {
-      "loss": ce.mean(),
-      "accuracy": correct.mean(),
-      "accuracy_no_oov": mean(correct, keep_no_oov),
-      "accuracy_no_oov_or_eos": mean(correct, keep_no_oov & keep_no_eos),
-      "accuracy_in_vocab": mean(in_vocab.argmax(-1) == y, keep_no_eos),
-      "num_tokens": len(y),
-      "num_correct": correct.sum(),
-      "sum_token_loss": ce.sum(),
+    "loss": ce.mean(),
+    "accuracy": correct.mean(),
+    "accuracy_no_oov": mean(correct, keep_no_oov),
+    "accuracy_no_oov_or_eos": mean(correct, keep_no_oov & keep_no_eos),
+    "accuracy_in_vocab": mean(in_vocab.argmax(-1) == y, keep_no_eos),
+    "num_tokens": len(y),
+    "num_correct": correct.sum(),
+    "sum_token_loss": ce.sum(),
   }
 
 
@@ -197,7 +201,7 @@ def test_sequence_padding_matches_unpadded_sequence(name):
   batch["y"][0, 1] = TOKENS.oov  # exercise every accuracy variant
   padded = jax.jit(model.evaluate_per_example)(params, batch, np.ones(4, bool))
   for i, n in enumerate(lengths):
-    x, y = batch["x"][i:i + 1, :n], batch["y"][i, :n]
+    x, y = batch["x"][i : i + 1, :n], batch["y"][i, :n]
     want = _reference_sequence_numbers(predict(model, params, {"x": x})[0], y)
     for k, v in want.items():
       np.testing.assert_allclose(padded[k][i], v, rtol=1e-5, atol=1e-6, err_msg=f"example {i}, {k}")
@@ -252,7 +256,7 @@ def test_leaf_lstm_reads_the_last_real_character_of_right_padded_windows():
     padded[i, n:] = pad
   got = predict(model, params, {"x": padded})
   for i, n in enumerate(lengths):
-    want = predict(model, params, {"x": x[i:i + 1, :n]})[0]
+    want = predict(model, params, {"x": x[i : i + 1, :n]})[0]
     np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
   unpadded = models.shakespeare_lstm(10, embed_dim=4, lstm_sizes=(8,))  # LEAF: no pad, last position
   np.testing.assert_allclose(predict(unpadded, params, {"x": x[:1]}), got[:1], rtol=1e-5, atol=1e-6)
@@ -263,8 +267,13 @@ def test_leaf_lstm_reads_the_last_real_character_of_right_padded_windows():
 
 ROUNDS = 5
 # Plain SGD: an optimizer with state (Adam) makes the engine's compiled round markedly slower to build.
-CLIENT_LR = {"shakespeare_leaf": 2.0, "shakespeare_seq": 4.0, "stackoverflow": 1.0, "resnet18_gn": 0.1,
-             "speech_cnn": 0.5}
+CLIENT_LR = {
+  "shakespeare_leaf": 2.0,
+  "shakespeare_seq": 4.0,
+  "stackoverflow": 1.0,
+  "resnet18_gn": 0.1,
+  "speech_cnn": 0.5,
+}
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

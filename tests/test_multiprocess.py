@@ -30,8 +30,7 @@ def env(devices: int) -> dict:
 
 
 def command(workdir, *args):
-  return [sys.executable, "-m", "fedjaxscale.main", f"--config={CONFIG}", f"--workdir={workdir}", "--noprogress",
-          *args]
+  return [sys.executable, "-m", "fedjaxscale.main", f"--config={CONFIG}", f"--workdir={workdir}", "--noprogress", *args]
 
 
 def run_single(workdir, *args):
@@ -41,10 +40,23 @@ def run_single(workdir, *args):
 
 def launch_pair(workdir, *args, heartbeat=20):
   port = free_port()
-  return [subprocess.Popen(command(workdir, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                                   f"--process_id={i}", f"--heartbeat_timeout_s={heartbeat}", *args),
-                           env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for i in range(2)]
+  return [
+    subprocess.Popen(
+      command(
+        workdir,
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        f"--heartbeat_timeout_s={heartbeat}",
+        *args,
+      ),
+      env=env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
 
 def run_pair(workdir, *args):
@@ -67,6 +79,7 @@ def final_state(workdir):
   """The newest checkpoint's server state, read back onto one device (any saving topology)."""
   import jax
   import orbax.checkpoint as ocp
+
   directory = pathlib.Path(workdir) / "checkpoints"
   step = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
   one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -90,8 +103,12 @@ def assert_same_run(a, b):
     assert x["clock_s"] == y["clock_s"] and x["aggregated"] == y["aggregated"]
     np.testing.assert_allclose(x["train_loss"], y["train_loss"], rtol=1e-5)
   import jax
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6),
-               final_state(a), final_state(b))
+
+  jax.tree.map(
+    lambda u, v: np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6),
+    final_state(a),
+    final_state(b),
+  )
 
 
 def test_two_processes_equal_one_process_of_four_devices(single, tmp_path):
@@ -107,8 +124,9 @@ def test_two_process_resume_equals_uninterrupted(single, tmp_path):
 
 
 def test_a_dead_peer_fails_the_run_in_bounded_time(tmp_path):
-  procs = launch_pair(tmp_path, "--config.rounds=100000", "--config.checkpoint_every=0", "--config.eval_every=0",
-                      heartbeat=5)
+  procs = launch_pair(
+    tmp_path, "--config.rounds=100000", "--config.checkpoint_every=0", "--config.eval_every=0", heartbeat=5
+  )
   metrics_file = tmp_path / "metrics.jsonl"
   deadline = time.time() + 300
   while time.time() < deadline and not (metrics_file.exists() and metrics_file.read_text().count("\n") >= 2):

@@ -43,9 +43,9 @@ def _install_kernelspec(jupyter_dir: pathlib.Path) -> None:
   spec_dir = jupyter_dir / "kernels" / KERNEL_NAME
   spec_dir.mkdir(parents=True)
   spec = {
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": f"Python 3 ({sys.executable})",
-      "language": "python",
+    "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": f"Python 3 ({sys.executable})",
+    "language": "python",
   }
   (spec_dir / "kernel.json").write_text(json.dumps(spec))
 
@@ -59,7 +59,8 @@ def _text(output) -> str:
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), (
-      "store the notebook without outputs (clear them before committing)")
+    "store the notebook without outputs (clear them before committing)"
+  )
 
   jupyter_dir = tmp_path / "jupyter"
   _install_kernelspec(jupyter_dir)
@@ -69,8 +70,9 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
 
   # First, a cell that reports the kernel's interpreter.
   nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print('KERNEL_PYTHON=' + sys.executable)"))
-  client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
-                                   resources={"metadata": {"path": str(run_dir)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(run_dir)}}
+  )
   client.execute(env=_kernel_env(tmp_path))  # raises CellExecutionError on any failing cell
   if os.environ.get("FEDJAXSCALE_NOTEBOOK_OUT"):  # to look at the executed notebook
     nbformat.write(nb, os.environ["FEDJAXSCALE_NOTEBOOK_OUT"])
@@ -85,8 +87,15 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
   # The install cell found the package already installed.
   assert "fedjaxscale from" in everything and "pip install" not in everything
   # The summary was printed, with its keys.
-  for key in ("rounds", "simulated_hours", "wall_s", "clients_per_s", "best_accuracy", "final_accuracy",
-              "time_to_target_hours"):
+  for key in (
+    "rounds",
+    "simulated_hours",
+    "wall_s",
+    "clients_per_s",
+    "best_accuracy",
+    "final_accuracy",
+    "time_to_target_hours",
+  ):
     assert f'"{key}"' in everything, key
   assert '"rounds": 4' in everything
   # The metrics table: a header and one row per round.

@@ -1,12 +1,10 @@
 """Hypothesis properties of the sync and async planners on tiny traces."""
 
-import math
-
 import numpy as np
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from fedjaxscale.scheduler import (AsyncConfig, AsyncPlanner, Status,
-                                   SyncConfig, SyncPlanner)
+from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, Status, SyncConfig, SyncPlanner
 from fedjaxscale.systems import Availability, LatencyModel, SystemTraces
 
 P = 100.0
@@ -18,17 +16,18 @@ def populations(draw, max_clients=10, always_on=False):
   intervals = []
   for _ in range(n):
     cuts = sorted(draw(st.sets(st.integers(0, int(P)), max_size=8)))
-    cuts = cuts[:len(cuts) // 2 * 2]
-    intervals.append([(float(a), float(b)) for a, b in zip(cuts[::2],
-                                                           cuts[1::2])])
+    cuts = cuts[: len(cuts) // 2 * 2]
+    intervals.append([(float(a), float(b)) for a, b in zip(cuts[::2], cuts[1::2])])
   if always_on:  # someone can always finish, so async always progresses
     intervals[draw(st.integers(0, n - 1))] = [(0.0, P)]
   assume(any(intervals))
   counts = [len(c) for c in intervals]
   av = Availability.from_intervals(
-      np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-      [a for c in intervals for a, _ in c],
-      [b for c in intervals for _, b in c], P)
+    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    [a for c in intervals for a, _ in c],
+    [b for c in intervals for _, b in c],
+    P,
+  )
   ms = draw(st.lists(st.floats(1, 1000), min_size=n, max_size=n))
   kbps = draw(st.lists(st.floats(10, 10_000), min_size=n, max_size=n))
   return SystemTraces.create(ms, kbps, kbps, av), intervals
@@ -57,18 +56,19 @@ def ref_online_throughout(iv, a, b):
 
 
 sync_configs = st.builds(
-    SyncConfig, clients_per_round=st.integers(1, 5),
-    overcommit=st.sampled_from([1.0, 1.3, 2.0]),
-    deadline_s=st.one_of(st.none(), st.floats(5, 60)),
-    availability_mode=st.sampled_from(['window', 'endpoints']))
+  SyncConfig,
+  clients_per_round=st.integers(1, 5),
+  overcommit=st.sampled_from([1.0, 1.3, 2.0]),
+  deadline_s=st.one_of(st.none(), st.floats(5, 60)),
+  availability_mode=st.sampled_from(["window", "endpoints"]),
+)
 
 
 def plans_equal(a, b):
   da, db = a.to_dict(), b.to_dict()
   assert da.keys() == db.keys()
   for k in da:
-    np.testing.assert_array_equal(np.asarray(da[k]), np.asarray(db[k]),
-                                  err_msg=k)
+    np.testing.assert_array_equal(np.asarray(da[k]), np.asarray(db[k]), err_msg=k)
 
 
 @settings(max_examples=50, deadline=None)
@@ -88,7 +88,7 @@ def test_sync_round_properties(pop, cfg, start, seed):
     for c, s, f in zip(plan.clients, plan.status, plan.finish):
       assert ref_online(intervals[c], plan.start_time)  # online when asked
       if s == Status.AGGREGATED:
-        if cfg.availability_mode == 'window':
+        if cfg.availability_mode == "window":
           # Never offline inside its window.
           assert ref_online_throughout(intervals[c], plan.start_time, f)
         else:
@@ -96,8 +96,7 @@ def test_sync_round_properties(pop, cfg, start, seed):
     agg = plan.status == Status.AGGREGATED
     assert np.array_equal(np.sort(plan.aggregated), np.sort(plan.clients[agg]))
     assert np.all(plan.weights == agg)
-    assert np.all((plan.completed_fraction >= 0) &
-                  (plan.completed_fraction <= 1))
+    assert np.all((plan.completed_fraction >= 0) & (plan.completed_fraction <= 1))
     assert np.all(plan.completed_fraction[agg] == 1)
     assert plan.short == (agg.sum() < cfg.clients_per_round)
     if cfg.deadline_s is None:
@@ -107,18 +106,16 @@ def test_sync_round_properties(pop, cfg, start, seed):
         assert plan.end_time == plan.finish[agg].max()
         # ...and those are the earliest finishers that did not drop.
         others = ~agg & np.isinf(plan.drop_time)
-        if cfg.availability_mode == 'window':
+        if cfg.availability_mode == "window":
           assert np.all(plan.finish[others] >= plan.end_time)
     else:
       assert plan.end_time == plan.start_time + cfg.deadline_s
       assert np.all(plan.finish[agg] <= plan.end_time)
-      assert not np.any(np.isinf(plan.drop_time) & ~agg &
-                        (plan.finish <= plan.end_time))
+      assert not np.any(np.isinf(plan.drop_time) & ~agg & (plan.finish <= plan.end_time))
 
 
 @settings(max_examples=30, deadline=None)
-@given(populations(), sync_configs, st.integers(0, 2**31),
-       st.integers(0, 3))
+@given(populations(), sync_configs, st.integers(0, 2**31), st.integers(0, 3))
 def test_sync_same_seed_and_restore_give_same_plans(pop, cfg, seed, cut):
   traces, _ = pop
   a = SyncPlanner(traces, LM, cfg, seed=seed)
@@ -137,9 +134,12 @@ def test_sync_same_seed_and_restore_give_same_plans(pop, cfg, seed, cut):
 
 
 async_configs = st.builds(
-    AsyncConfig, buffer_size=st.integers(1, 4),
-    max_concurrency=st.integers(1, 6), max_staleness=st.integers(0, 3),
-    availability_mode=st.sampled_from(['window', 'start', 'endpoints']))
+  AsyncConfig,
+  buffer_size=st.integers(1, 4),
+  max_concurrency=st.integers(1, 6),
+  max_staleness=st.integers(0, 3),
+  availability_mode=st.sampled_from(["window", "start", "endpoints"]),
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -155,10 +155,8 @@ def test_async_properties(pop, cfg, seed):
     ok = plan.status == Status.ACCEPTED
     # Never accepts an update staler than the bound.
     assert np.all(plan.staleness[ok] <= cfg.max_staleness)
-    assert np.all(plan.staleness[plan.status == Status.DISCARDED] >
-                  cfg.max_staleness)
-    np.testing.assert_allclose(plan.weight[ok],
-                               1 / np.sqrt(1 + plan.staleness[ok]))
+    assert np.all(plan.staleness[plan.status == Status.DISCARDED] > cfg.max_staleness)
+    np.testing.assert_allclose(plan.weight[ok], 1 / np.sqrt(1 + plan.staleness[ok]))
     assert np.all(plan.weight[~ok] == 0)
     assert np.all(plan.arrival_step[ok] >= v)
     # Cohort members started while version v was current.
@@ -171,21 +169,18 @@ def test_async_properties(pop, cfg, seed):
     assert np.all(v - plan.step_start_versions <= cfg.max_staleness)
     for c, s, t0, f in zip(plan.clients, plan.status, plan.start, plan.finish):
       assert ref_online(intervals[c], t0)
-      if s == Status.ACCEPTED and cfg.availability_mode == 'window':
+      if s == Status.ACCEPTED and cfg.availability_mode == "window":
         assert ref_online_throughout(intervals[c], t0, f)
-      if s == Status.ACCEPTED and cfg.availability_mode == 'endpoints':
+      if s == Status.ACCEPTED and cfg.availability_mode == "endpoints":
         assert ref_online(intervals[c], f)
-    accepted += [(int(c), v, int(a)) for c, a in
-                 zip(plan.clients[ok], plan.arrival_step[ok])]
-    members += [(int(c), int(sv), v) for c, sv in
-                zip(plan.step_clients, plan.step_start_versions)]
+    accepted += [(int(c), v, int(a)) for c, a in zip(plan.clients[ok], plan.arrival_step[ok])]
+    members += [(int(c), int(sv), v) for c, sv in zip(plan.step_clients, plan.step_start_versions)]
   # Steps 0..5 consist exactly of the accepted updates arriving in them.
   assert sorted(members) == sorted(a for a in accepted if a[2] <= 5)
 
 
 @settings(max_examples=30, deadline=None)
-@given(populations(always_on=True), async_configs, st.integers(0, 2**31),
-       st.integers(0, 3))
+@given(populations(always_on=True), async_configs, st.integers(0, 2**31), st.integers(0, 3))
 def test_async_same_seed_and_restore_give_same_plans(pop, cfg, seed, cut):
   traces, _ = pop
   a = AsyncPlanner(traces, LM, cfg, seed=seed)

@@ -3,22 +3,29 @@
 import numpy as np
 import pytest
 
-from fedjaxscale.scheduler import (AsyncConfig, AsyncPlanner, Clock,
-                                   OortSelection, Status, SyncConfig,
-                                   SyncPlanner, make_rng, rng_from_state_dict,
-                                   rng_state_dict, sample_online)
-from fedjaxscale.systems import (Availability, LatencyModel, SystemTraces,
-                                 generate_traces)
+from fedjaxscale.scheduler import (
+  AsyncConfig,
+  AsyncPlanner,
+  Clock,
+  OortSelection,
+  Status,
+  SyncConfig,
+  SyncPlanner,
+  make_rng,
+  rng_from_state_dict,
+  rng_state_dict,
+  sample_online,
+)
+from fedjaxscale.systems import Availability, LatencyModel, SystemTraces, generate_traces
 
 
 def half_online(n):
   """Even clients online in [0, 50], odd ones in [50, 100] (period 100)."""
   starts = np.where(np.arange(n) % 2 == 0, 0.0, 60.0)
-  return Availability.from_intervals(np.arange(n + 1), starts, starts + 40.0,
-                                     100.0)
+  return Availability.from_intervals(np.arange(n + 1), starts, starts + 40.0, 100.0)
 
 
-@pytest.mark.parametrize('num', [1, 10, 100, 499, 500, 800])
+@pytest.mark.parametrize("num", [1, 10, 100, 499, 500, 800])
 def test_sample_online_is_distinct_and_online(num):
   av = half_online(1000)
   got = sample_online(make_rng(0), av, 10.0, num)
@@ -41,8 +48,7 @@ def test_sample_online_respects_exclude_and_is_roughly_uniform():
 
 
 def test_nobody_online_moves_the_clock_to_the_next_online_time():
-  av = Availability.from_intervals([0, 1, 2], [30.0, 70.0], [40.0, 80.0],
-                                   100.0)
+  av = Availability.from_intervals([0, 1, 2], [30.0, 70.0], [40.0, 80.0], 100.0)
   traces = SystemTraces.create([1.0, 1.0], [1e4, 1e4], [1e4, 1e4], av)
   lm = LatencyModel(model_bits=1000, local_steps=1, batch_size=1)
   planner = SyncPlanner(traces, lm, SyncConfig(1), start_time=45.0)
@@ -52,14 +58,11 @@ def test_nobody_online_moves_the_clock_to_the_next_online_time():
 
 
 def test_deadline_stragglers_and_partial_work():
-  av = Availability.from_intervals([0, 1, 2, 3], [0.0] * 3, [100.0] * 3,
-                                   100.0)
+  av = Availability.from_intervals([0, 1, 2, 3], [0.0] * 3, [100.0] * 3, 100.0)
   # 1 s download and upload; compute 3, 9 and 30 s.
-  traces = SystemTraces.create([100.0, 300.0, 1000.0], [1000.0] * 3,
-                               [1000.0] * 3, av)
+  traces = SystemTraces.create([100.0, 300.0, 1000.0], [1000.0] * 3, [1000.0] * 3, av)
   lm = LatencyModel(model_bits=1_000_000, local_steps=1, batch_size=10)
-  plan = SyncPlanner(traces, lm, SyncConfig(3, overcommit=1.0,
-                                            deadline_s=12.0)).plan_round()
+  plan = SyncPlanner(traces, lm, SyncConfig(3, overcommit=1.0, deadline_s=12.0)).plan_round()
   by = dict(zip(plan.clients.tolist(), zip(plan.status, plan.completed_fraction)))
   assert by[0] == (Status.AGGREGATED, 1.0)
   assert by[1] == (Status.AGGREGATED, 1.0)
@@ -81,13 +84,12 @@ def test_rng_state_round_trip():
   rng = make_rng(123)
   rng.random(7)
   state = rng_state_dict(rng)
-  assert state['state'].dtype == np.uint64
+  assert state["state"].dtype == np.uint64
   want = rng.integers(0, 1 << 40, 10)
-  np.testing.assert_array_equal(rng_from_state_dict(state).integers(
-      0, 1 << 40, 10), want)
+  np.testing.assert_array_equal(rng_from_state_dict(state).integers(0, 1 << 40, 10), want)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def population():
   traces = generate_traces(3000, seed=2)
   samples = np.random.default_rng(0).integers(10, 400, traces.num_clients)
@@ -115,16 +117,17 @@ def test_oort_exploits_high_loss_clients(population):
   # the statistical utility.
   n = traces.num_clients
   traces = SystemTraces.create(
-      np.full(n, 50.0), np.full(n, 5000.0), np.full(n, 5000.0),
-      Availability.from_intervals([0, 1], [0.0], [1.0], 1.0).take(
-          np.zeros(traces.num_clients, np.int64)))
-  high = np.arange(traces.num_clients) % 10 == 0   # 10% have high loss
+    np.full(n, 50.0),
+    np.full(n, 5000.0),
+    np.full(n, 5000.0),
+    Availability.from_intervals([0, 1], [0.0], [1.0], 1.0).take(np.zeros(traces.num_clients, np.int64)),
+  )
+  high = np.arange(traces.num_clients) % 10 == 0  # 10% have high loss
   # Utility = samples x sqrt(mean squared loss): 2x for the high ones.
   loss_of = lambda c: np.where(high[c], 4.0, 1.0)
   samples = np.full(traces.num_clients, 200)
   policy = oort(traces, samples, lm)
-  planner = SyncPlanner(traces, lm, SyncConfig(30), num_samples=samples,
-                        policy=policy, seed=0)
+  planner = SyncPlanner(traces, lm, SyncConfig(30), num_samples=samples, policy=policy, seed=0)
   picked = []
   run_oort(planner, 30, loss_of)
   for _ in range(10):
@@ -138,9 +141,9 @@ def test_oort_exploits_high_loss_clients(population):
 def test_oort_state_round_trip_gives_same_plans(population):
   traces, samples, lm = population
   loss_of = lambda c: (c % 7).astype(float) + 0.5
-  make = lambda seed: SyncPlanner(traces, lm, SyncConfig(15),
-                                  num_samples=samples,
-                                  policy=oort(traces, samples, lm), seed=seed)
+  make = lambda seed: SyncPlanner(
+    traces, lm, SyncConfig(15), num_samples=samples, policy=oort(traces, samples, lm), seed=seed
+  )
   a = make(0)
   run_oort(a, 4, loss_of)
   state = a.state_dict()
@@ -169,4 +172,4 @@ def test_async_planner_on_generated_traces(population):
   for v in range(5):
     plan = planner.next_plan()
     assert plan.version == v and plan.step_clients.size == 10
-  assert planner.state_dict()['records_int'].shape[0] == 5
+  assert planner.state_dict()["records_int"].shape[0] == 5

@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedjaxscale.systems import Availability
 
@@ -18,9 +19,8 @@ def interval_lists(draw, max_clients=6):
   clients = []
   for _ in range(n):
     cuts = sorted(draw(st.sets(st.integers(0, int(P)), max_size=8)))
-    cuts = cuts[:len(cuts) // 2 * 2]
-    clients.append([(float(a), float(b)) for a, b in zip(cuts[::2],
-                                                         cuts[1::2])])
+    cuts = cuts[: len(cuts) // 2 * 2]
+    clients.append([(float(a), float(b)) for a, b in zip(cuts[::2], cuts[1::2])])
   return clients
 
 
@@ -40,8 +40,7 @@ def ref_online(intervals, t, period=P):
 def ref_gaps(intervals, lo, hi, period=P):
   """Absolute open off-gaps (g0, g1) that may meet [lo, hi]."""
   gaps = []
-  for k in range(int(math.floor(lo / period)) - 1,
-                 int(math.floor(hi / period)) + 2):
+  for k in range(int(math.floor(lo / period)) - 1, int(math.floor(hi / period)) + 2):
     base = k * period
     if not intervals:
       gaps.append((base, base + period))
@@ -55,16 +54,13 @@ def ref_gaps(intervals, lo, hi, period=P):
 
 
 def ref_online_throughout(intervals, a, b, period=P):
-  if not (ref_online(intervals, a, period) and ref_online(intervals, b,
-                                                          period)):
+  if not (ref_online(intervals, a, period) and ref_online(intervals, b, period)):
     return False
-  return not any(g0 < b and g1 > a and g0 < g1
-                 for g0, g1 in ref_gaps(intervals, a, b, period))
+  return not any(g0 < b and g1 > a and g0 < g1 for g0, g1 in ref_gaps(intervals, a, b, period))
 
 
 @settings(max_examples=60, deadline=None)
-@given(interval_lists(), st.lists(st.floats(0, 5 * P), min_size=1,
-                                  max_size=6))
+@given(interval_lists(), st.lists(st.floats(0, 5 * P), min_size=1, max_size=6))
 def test_is_online_matches_reference(clients, times):
   av = build(clients)
   for t in times + [float(a) for c in clients for a, _ in c]:
@@ -89,8 +85,7 @@ def test_online_until_is_the_end_of_the_on_run(clients, t):
       # The on-run really ends at u: a gap starts there.
       # (At the period end, time P is time 0 of the next period: the run
       # ends just before it.)
-      assert any((g0 == u or np.nextafter(g0, -np.inf) == u) and g1 > g0
-                 for g0, g1 in ref_gaps(c, t, u + 1))
+      assert any((g0 == u or np.nextafter(g0, -np.inf) == u) and g1 > g0 for g0, g1 in ref_gaps(c, t, u + 1))
 
 
 @settings(max_examples=40, deadline=None)
@@ -136,26 +131,23 @@ def test_population_view_shares_intervals():
   pop = av.take([1, 0, 1, 1])
   assert pop.num_clients == 4
   assert pop.starts is av.starts
-  assert pop.is_online(np.arange(4), 55.0).tolist() == [True, False, True,
-                                                        True]
+  assert pop.is_online(np.arange(4), 55.0).tolist() == [True, False, True, True]
   assert pop.online_mask(5.0).tolist() == [False, True, False, False]
 
 
 def test_per_client_periods():
-  av = Availability.from_intervals([0, 1, 2], [0.0, 0.0], [5.0, 5.0],
-                                   [10.0, 20.0])
+  av = Availability.from_intervals([0, 1, 2], [0.0, 0.0], [5.0, 5.0], [10.0, 20.0])
   assert av.is_online([0, 1], 12.0).tolist() == [True, False]
 
 
 def test_float32_storage_queries():
-  av = Availability.from_intervals([0, 1], np.array([100], np.int32),
-                                   np.array([200], np.int32), 604800.0)
+  av = Availability.from_intervals([0, 1], np.array([100], np.int32), np.array([200], np.int32), 604800.0)
   assert av.starts.dtype == np.float32
   assert av.is_online([0], 604800.0 * 3 + 150.5)[0]
   assert not av.is_online([0], 200.5)[0]
 
 
-@pytest.mark.parametrize('t', [0.0, 37.5])
+@pytest.mark.parametrize("t", [0.0, 37.5])
 def test_no_intervals_means_never_online(t):
   av = build([[], []])
   assert not av.is_online([0, 1], t).any()

@@ -62,13 +62,27 @@ def test_default_run_writes_every_output(default_run):
     assert (workdir / name).stat().st_size > 0, name
   assert any((workdir / "tensorboard").iterdir())
   pngs = sorted(p.name for p in (workdir / "plots").glob("*.png"))
-  assert {"accuracy_vs_round.png", "accuracy_vs_hours.png", "round_duration_hist.png", "gantt.png",
-          "online_clients.png"} <= set(pngs)
+  assert {
+    "accuracy_vs_round.png",
+    "accuracy_vs_hours.png",
+    "round_duration_hist.png",
+    "gantt.png",
+    "online_clients.png",
+  } <= set(pngs)
   records = read_metrics(workdir)
   assert [r["round"] for r in records] == [1, 2, 3, 4]
   for r in records:
-    for key in ("clock_s", "wall_s", "selected", "aggregated", "stragglers", "dropped", "train_loss", "bytes_down",
-                "bytes_up"):
+    for key in (
+      "clock_s",
+      "wall_s",
+      "selected",
+      "aggregated",
+      "stragglers",
+      "dropped",
+      "train_loss",
+      "bytes_down",
+      "bytes_up",
+    ):
       assert key in r, key
     assert set(r["timing"]) == {"plan_s", "gather_s", "engine_s", "eval_s"}
     assert r["aggregated"] <= config.clients_per_round <= r["selected"]
@@ -94,6 +108,7 @@ def test_resume_equals_uninterrupted(default_run, tmp_path):
   for key in ("round", "client", "status", "start", "finish"):
     np.testing.assert_array_equal(read_timeline(tmp_path)[key], read_timeline(full_dir)[key])
   from fedjaxscale.training.setup import build
+
   like = build(config, tmp_path).algorithm.init(jax.tree.map(np.zeros_like, _params_like(config, tmp_path)))
   a, host_a = final_params(tmp_path, like)
   b, host_b = final_params(full_dir, like)
@@ -103,6 +118,7 @@ def test_resume_equals_uninterrupted(default_run, tmp_path):
 
 def _params_like(config, workdir):
   from fedjaxscale.training.setup import build
+
   parts = build(config, workdir)
   return parts.model.init(jax.random.key(0))
 
@@ -110,13 +126,23 @@ def _params_like(config, workdir):
 def test_killed_run_resumes_to_the_same_result(default_run, tmp_path):
   config, _, _ = default_run
   rounds = 10
-  args = ["--config", f"{CONFIGS / 'synthetic.py'}:small", f"--config.rounds={rounds}", "--config.checkpoint_every=1",
-          "--config.eval_every=0", "--noprogress"]
+  args = [
+    "--config",
+    f"{CONFIGS / 'synthetic.py'}:small",
+    f"--config.rounds={rounds}",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=0",
+    "--noprogress",
+  ]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   killed = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + 240
   while time.time() < deadline:
     metrics = killed / "metrics.jsonl"
@@ -128,12 +154,18 @@ def test_killed_run_resumes_to_the_same_result(default_run, tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   assert not (killed / "summary.json").exists(), "killed too late to test anything"
-  resumed = subprocess.run([sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
-                           env=env, capture_output=True, text=True, timeout=300)
+  resumed = subprocess.run(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   straight = tmp_path / "straight"
-  train_and_evaluate(load_config("synthetic", "small", rounds=rounds, checkpoint_every=1, eval_every=0), straight,
-                     show_progress=False)
+  train_and_evaluate(
+    load_config("synthetic", "small", rounds=rounds, checkpoint_every=1, eval_every=0), straight, show_progress=False
+  )
   assert without_wall(read_metrics(killed)) == without_wall(read_metrics(straight))
   assert [r["round"] for r in read_metrics(killed)] == list(range(1, rounds + 1))
 
@@ -152,7 +184,9 @@ def test_overwrite_replaces_the_run(tmp_path):
   assert [r["round"] for r in read_metrics(tmp_path)] == [1]
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"clients_per_round": 1000}, "clients_per_round: 1000 is more than the population"),
     ({"local.batch_size": 0}, "local.batch_size: must be >= 1"),
     ({"data.kind": "directory", "data.path": "/nonexistent/dataset"}, "data.path: .*does not exist"),
@@ -160,7 +194,8 @@ def test_overwrite_replaces_the_run(tmp_path):
     ({"model.num_classes": 5}, "model.num_classes: the model outputs 5 classes but the data has labels up to 9"),
     ({"algorithm.name": "fedsgd"}, "algorithm.name: unknown algorithm"),
     ({"local.local_steps": 3}, "local: set exactly one"),
-])
+  ],
+)
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, overrides, message):
   workdir = tmp_path / "run"
   with pytest.raises(ConfigError, match=message):
@@ -168,15 +203,30 @@ def test_bad_config_is_refused_before_anything_is_written(tmp_path, overrides, m
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--config.no_such_field=1", "no_such_field"),
     ("--config.clients_per_round=1000", "more than the population"),
-])
+  ],
+)
 def test_cli_exits_2_with_one_message(tmp_path, flag, message):
   workdir = tmp_path / "run"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-m", "fedjaxscale.main", f"--config={CONFIGS / 'synthetic.py'}:small",
-                        f"--workdir={workdir}", flag], env=env, capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fedjaxscale.main",
+      f"--config={CONFIGS / 'synthetic.py'}:small",
+      f"--workdir={workdir}",
+      flag,
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   assert message in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()
@@ -204,13 +254,20 @@ def test_femnist_fedscale_small_on_fixture_data(tmp_path):
   root = tmp_path / "femnist"
   for split, n_clients in (("train", 12), ("test", 12)):
     sizes = rng.integers(3, 12, n_clients)
-    write_dataset(root / split, [f"writer_{i}" for i in range(n_clients)],
-                  {"x": rng.integers(0, 256, (sizes.sum(), 28, 28), dtype=np.uint8),
-                   "y": rng.integers(0, 62, sizes.sum()).astype(np.int32)}, sizes)
+    write_dataset(
+      root / split,
+      [f"writer_{i}" for i in range(n_clients)],
+      {
+        "x": rng.integers(0, 256, (sizes.sum(), 28, 28), dtype=np.uint8),
+        "y": rng.integers(0, 62, sizes.sum()).astype(np.int32),
+      },
+      sizes,
+    )
   for variant in ("small", "yogi,small"):
     workdir = tmp_path / variant.replace(",", "_")
-    train_and_evaluate(load_config("femnist_fedscale", variant, **{"data.path": str(root)}), workdir,
-                       show_progress=False)
+    train_and_evaluate(
+      load_config("femnist_fedscale", variant, **{"data.path": str(root)}), workdir, show_progress=False
+    )
     records = read_metrics(workdir)
     assert len(records) == 2 and np.isfinite(records[-1]["eval"]["accuracy"])
 
@@ -227,25 +284,30 @@ def _write_splits(root, make, n_clients=12, seed=0):
 def _tokens(vocab, length, scalar_label=False):
   def make(rng, n):
     x = rng.integers(3, vocab, (n, length)).astype(np.int32)
-    x[:, length - 3:] = 0  # right padding
+    x[:, length - 3 :] = 0  # right padding
     y = rng.integers(0, vocab, n).astype(np.int32) if scalar_label else np.roll(x, -1, axis=1)
     return {"x": x, "y": y}
+
   return make
 
 
 def _images(shape, classes):
   def make(rng, n):
     return {"x": rng.integers(0, 256, (n, *shape), dtype=np.uint8), "y": rng.integers(0, classes, n).astype(np.int32)}
+
   return make
 
 
-@pytest.mark.parametrize("config, variant, make", [
+@pytest.mark.parametrize(
+  "config, variant, make",
+  [
     ("emnist_fedyogi", "small", _images((28, 28), 62)),
     ("shakespeare_fedavg", "small", _tokens(90, 16)),
     ("shakespeare_fedavg", "leaf,small", _tokens(80, 80, scalar_label=True)),
     ("stackoverflow_nwp", "small", _tokens(54, 20)),
     ("femnist_fedscale", "resnet18,small", _images((28, 28), 62)),
-])
+  ],
+)
 def test_real_data_configs_run_on_fixture_data(tmp_path, config, variant, make):
   root = _write_splits(tmp_path / "data", make)
   workdir = tmp_path / "run"

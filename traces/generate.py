@@ -21,11 +21,12 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                '..'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fedjaxscale.systems import generator  # noqa: E402
-from fedjaxscale.systems import io  # noqa: E402
+from fedjaxscale.systems import (
+  generator,
+  io,
+)
 
 
 def summarize(traces) -> dict:
@@ -35,39 +36,41 @@ def summarize(traces) -> dict:
   hours = np.arange(0, 7 * 24, 1.0)
   online = np.array([av.online_mask(h * 3600.0).mean() for h in hours])
   return {
-      'clients': traces.num_clients,
-      'compute_ms_p05_p50_p95': np.percentile(traces.compute_ms,
-                                              [5, 50, 95]).round(1).tolist(),
-      'down_kbps_median': float(np.median(traces.down_kbps).round(0)),
-      'share_below_3000_kbps': float((traces.down_kbps < 3000).mean()
-                                     .round(3)),
-      'on_slots_per_client_week': round(av.starts.size / traces.num_clients,
-                                        1),
-      'on_slot_minutes_p50_p90': np.percentile(slot_min,
-                                               [50, 90]).round(1).tolist(),
-      'online_share_hourly_min_mean_max': [
-          round(float(online.min()), 3), round(float(online.mean()), 3),
-          round(float(online.max()), 3)],
+    "clients": traces.num_clients,
+    "compute_ms_p05_p50_p95": np.percentile(traces.compute_ms, [5, 50, 95]).round(1).tolist(),
+    "down_kbps_median": float(np.median(traces.down_kbps).round(0)),
+    "share_below_3000_kbps": float((traces.down_kbps < 3000).mean().round(3)),
+    "on_slots_per_client_week": round(av.starts.size / traces.num_clients, 1),
+    "on_slot_minutes_p50_p90": np.percentile(slot_min, [50, 90]).round(1).tolist(),
+    "online_share_hourly_min_mean_max": [
+      round(float(online.min()), 3),
+      round(float(online.mean()), 3),
+      round(float(online.max()), 3),
+    ],
   }
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--num_clients', type=int, required=True)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True, help='output .npz path')
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--num_clients", type=int, required=True)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", required=True, help="output .npz path")
   args = parser.parse_args(argv)
   config = generator.TraceGeneratorConfig()
   traces = generator.generate_traces(args.num_clients, args.seed, config)
   stats = summarize(traces)
-  meta = {'generator': 'fedjaxscale.systems.generator.generate_traces',
-          'seed': args.seed, 'num_clients': args.num_clients,
-          'config': dataclasses.asdict(config), 'summary': stats}
+  meta = {
+    "generator": "fedjaxscale.systems.generator.generate_traces",
+    "seed": args.seed,
+    "num_clients": args.num_clients,
+    "config": dataclasses.asdict(config),
+    "summary": stats,
+  }
   io.save_traces(args.out, traces, metadata=meta)
   for k, v in stats.items():
-    print(f'{k}: {v}')
-  print(f'wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB)')
+    print(f"{k}: {v}")
+  print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB)")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   main()

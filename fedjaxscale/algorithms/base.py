@@ -5,7 +5,8 @@ An algorithm is a factory that closes over its hyperparameters and returns
 the engine, then runs its server update once on the weighted mean of the client updates.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,9 @@ class Algorithm(NamedTuple):
   engine: Engine
 
 
-def build_algorithm(client_program: ClientProgram, server_optimizer: optax.GradientTransformation,
-                    engine: Engine | None = None) -> Algorithm:
+def build_algorithm(
+  client_program: ClientProgram, server_optimizer: optax.GradientTransformation, engine: Engine | None = None
+) -> Algorithm:
   """Assembles ``Algorithm`` from the clients' local work and a server optimizer.
 
   The server treats the weighted mean client update as a (pseudo-)gradient and takes one
@@ -81,8 +83,9 @@ def build_algorithm(client_program: ClientProgram, server_optimizer: optax.Gradi
     pseudo_grad = jax.tree.map(lambda s: s / denom.astype(s.dtype), aggregate.update_sum)
     updates, opt_state = server_optimizer.update(pseudo_grad, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return ServerState(tree_where(usable, params, state.params), tree_where(usable, opt_state, state.opt_state),
-                       state.round + 1)
+    return ServerState(
+      tree_where(usable, params, state.params), tree_where(usable, opt_state, state.opt_state), state.round + 1
+    )
 
   def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
     before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
@@ -92,11 +95,11 @@ def build_algorithm(client_program: ClientProgram, server_optimizer: optax.Gradi
     computed = engine.stats.computed_example_steps - before["computed"]
     real = engine.stats.real_example_steps - before["real"]
     diagnostics = {
-        "num_clients": cohort.num_clients,
-        "num_nonfinite": int(num_nonfinite),
-        "weight_sum": float(weight_sum),
-        "padding_efficiency": real / computed if computed else 1.0,
-        **{f"client_{k}": v for k, v in per_client.items()},
+      "num_clients": cohort.num_clients,
+      "num_nonfinite": int(num_nonfinite),
+      "weight_sum": float(weight_sum),
+      "padding_efficiency": real / computed if computed else 1.0,
+      **{f"client_{k}": v for k, v in per_client.items()},
     }
     if "loss" in per_client and "examples_trained" in per_client:
       ok = ~per_client["nonfinite"]

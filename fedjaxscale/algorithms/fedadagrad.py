@@ -15,8 +15,15 @@ from fedjaxscale.algorithms.fedopt import fedopt
 from fedjaxscale.models.model import Model
 
 
-def fedadagrad(model: Model, client_optimizer: optax.GradientTransformation, server_lr: float = 1e-2,
-           beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3, **kwargs) -> Algorithm:
+def fedadagrad(
+  model: Model,
+  client_optimizer: optax.GradientTransformation,
+  server_lr: float = 1e-2,
+  beta1: float = 0.9,
+  beta2: float = 0.99,
+  tau: float = 1e-3,
+  **kwargs,
+) -> Algorithm:
   """FedAdagrad (Reddi et al. 2021).
 
   Args:

@@ -11,7 +11,8 @@ one step of the server optimizer with Delta as the gradient. With ``optax.sgd(1.
 server this is plain model averaging: x <- sum_k w_k x_k / sum_k w_k.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,12 +39,12 @@ class LocalState(NamedTuple):
 
 
 def local_training(
-    model: Model,
-    client_optimizer: optax.GradientTransformation,
-    *,
-    proximal_mu: float = 0.0,
-    weighting: str = "num_examples",
-    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  model: Model,
+  client_optimizer: optax.GradientTransformation,
+  *,
+  proximal_mu: float = 0.0,
+  weighting: str = "num_examples",
+  client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
 ) -> ClientProgram:
   """The per-client update of FedAvg and its relatives.
 
@@ -92,18 +93,22 @@ def local_training(
     params = optax.apply_updates(state.params, updates)
     real = jnp.any(mask)
     return LocalState(
-        params=tree_where(real, params, state.params),
-        opt_state=tree_where(real, opt_state, state.opt_state),
-        loss_sum=state.loss_sum + per_example.sum(),
-        loss_sq_sum=state.loss_sq_sum + jnp.square(per_example).sum(),
-        examples=state.examples + mask.sum().astype(jnp.float32),
-        steps=state.steps + real.astype(jnp.float32),
+      params=tree_where(real, params, state.params),
+      opt_state=tree_where(real, opt_state, state.opt_state),
+      loss_sum=state.loss_sum + per_example.sum(),
+      loss_sq_sum=state.loss_sq_sum + jnp.square(per_example).sum(),
+      examples=state.examples + mask.sum().astype(jnp.float32),
+      steps=state.steps + real.astype(jnp.float32),
     )
 
   def finish(shared: Shared, state: LocalState, num_examples: jax.Array) -> ClientOutput:
     n = jnp.maximum(state.examples, 1.0)
-    metrics = {"loss": state.loss_sum / n, "loss_sq": state.loss_sq_sum / n, "examples_trained": state.examples,
-               "steps": state.steps}
+    metrics = {
+      "loss": state.loss_sum / n,
+      "loss_sq": state.loss_sq_sum / n,
+      "examples_trained": state.examples,
+      "steps": state.steps,
+    }
     if weighting == "num_examples":
       weight = num_examples.astype(jnp.float32)
     else:
@@ -114,13 +119,13 @@ def local_training(
 
 
 def fedavg(
-    model: Model,
-    client_optimizer: optax.GradientTransformation,
-    server_optimizer: optax.GradientTransformation | None = None,
-    *,
-    weighting: str = "num_examples",
-    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-    engine: Engine | None = None,
+  model: Model,
+  client_optimizer: optax.GradientTransformation,
+  server_optimizer: optax.GradientTransformation | None = None,
+  *,
+  weighting: str = "num_examples",
+  client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  engine: Engine | None = None,
 ) -> Algorithm:
   """Federated Averaging (McMahan et al. 2017).
 

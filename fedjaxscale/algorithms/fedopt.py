@@ -17,7 +17,8 @@ v at tau^2), and its adagrad places eps inside the square root. So the rule is i
 here, as an optax ``GradientTransformation`` composed with ``optax.scale`` in the usual way.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +37,9 @@ class ScaleByFedOptState(NamedTuple):
   v: optax.Updates
 
 
-def scale_by_fedopt(rule: str, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3,
-                    initial_v: float | None = None) -> optax.GradientTransformation:
+def scale_by_fedopt(
+  rule: str, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3, initial_v: float | None = None
+) -> optax.GradientTransformation:
   """Reddi et al.'s adaptive scaling: ``g -> m / (sqrt(v) + tau)`` with the paper's moments.
 
   Args:
@@ -55,8 +57,9 @@ def scale_by_fedopt(rule: str, b1: float = 0.9, b2: float = 0.99, tau: float = 1
   v0 = tau**2 if initial_v is None else initial_v
 
   def init_fn(params):
-    return ScaleByFedOptState(m=jax.tree.map(jnp.zeros_like, params),
-                              v=jax.tree.map(lambda p: jnp.full_like(p, v0), params))
+    return ScaleByFedOptState(
+      m=jax.tree.map(jnp.zeros_like, params), v=jax.tree.map(lambda p: jnp.full_like(p, v0), params)
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -73,8 +76,9 @@ def scale_by_fedopt(rule: str, b1: float = 0.9, b2: float = 0.99, tau: float = 1
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def fedopt_server(rule: str, server_lr: float, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3,
-                  initial_v: float | None = None) -> optax.GradientTransformation:
+def fedopt_server(
+  rule: str, server_lr: float, b1: float = 0.9, b2: float = 0.99, tau: float = 1e-3, initial_v: float | None = None
+) -> optax.GradientTransformation:
   """The server optimizer of Reddi et al.'s Algorithm 2.
 
   The algorithms hand the server ``x - mean x_k = -Delta`` as the gradient, so the step
@@ -85,18 +89,18 @@ def fedopt_server(rule: str, server_lr: float, b1: float = 0.9, b2: float = 0.99
 
 
 def fedopt(
-    model: Model,
-    client_optimizer: optax.GradientTransformation,
-    rule: str,
-    server_lr: float = 1e-2,
-    beta1: float = 0.9,
-    beta2: float = 0.99,
-    tau: float = 1e-3,
-    *,
-    initial_v: float | None = None,
-    weighting: str = "num_examples",
-    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-    engine: Engine | None = None,
+  model: Model,
+  client_optimizer: optax.GradientTransformation,
+  rule: str,
+  server_lr: float = 1e-2,
+  beta1: float = 0.9,
+  beta2: float = 0.99,
+  tau: float = 1e-3,
+  *,
+  initial_v: float | None = None,
+  weighting: str = "num_examples",
+  client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  engine: Engine | None = None,
 ) -> Algorithm:
   """FedAvg's clients with Reddi et al.'s adaptive server rule ``rule`` (``fedyogi`` and co. call this).
 

@@ -9,7 +9,7 @@ stragglers rather than dropping them, is a property of the round (the scheduler 
 fewer steps; the cohort's step mask expresses it), not of this update.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax
@@ -21,14 +21,14 @@ from fedjaxscale.models.model import Model
 
 
 def fedprox(
-    model: Model,
-    client_optimizer: optax.GradientTransformation,
-    server_optimizer: optax.GradientTransformation | None = None,
-    mu: float = 0.1,
-    *,
-    weighting: str = "num_examples",
-    client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
-    engine: Engine | None = None,
+  model: Model,
+  client_optimizer: optax.GradientTransformation,
+  server_optimizer: optax.GradientTransformation | None = None,
+  mu: float = 0.1,
+  *,
+  weighting: str = "num_examples",
+  client_lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+  engine: Engine | None = None,
 ) -> Algorithm:
   """FedProx (Li et al. 2020): FedAvg whose clients add ``mu/2 ||w - x||^2`` to their loss.
 
@@ -44,6 +44,7 @@ def fedprox(
   Returns:
     ``Algorithm(init, apply, ...)``.
   """
-  program = local_training(model, client_optimizer, proximal_mu=mu, weighting=weighting,
-                             client_lr_schedule=client_lr_schedule)
+  program = local_training(
+    model, client_optimizer, proximal_mu=mu, weighting=weighting, client_lr_schedule=client_lr_schedule
+  )
   return build_algorithm(program, server_optimizer or optax.sgd(1.0), engine)

@@ -2,12 +2,38 @@
 
 from fedjaxscale.core.buckets import bucket_size, bucket_sizes, coarse_bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart, chunk_sizes, padded_num_lanes
-from fedjaxscale.core.tree import (tree_add, tree_all_finite, tree_num_params, tree_size_bytes, tree_sq_norm,
-                                   tree_sub, tree_where, tree_zeros_like)
+from fedjaxscale.core.tree import (
+  tree_add,
+  tree_all_finite,
+  tree_num_params,
+  tree_size_bytes,
+  tree_sq_norm,
+  tree_sub,
+  tree_where,
+  tree_zeros_like,
+)
 from fedjaxscale.core.types import Array, Batch, Params, PRNGKey, PyTree
 
 __all__ = [
-    "Array", "Batch", "Cohort", "CohortPart", "IDLE", "PRNGKey", "Params", "PyTree", "bucket_size", "bucket_sizes", "coarse_bucket_size",
-    "chunk_sizes", "padded_num_lanes", "tree_add", "tree_all_finite", "tree_num_params", "tree_size_bytes",
-    "tree_sq_norm", "tree_sub", "tree_where", "tree_zeros_like",
+  "IDLE",
+  "Array",
+  "Batch",
+  "Cohort",
+  "CohortPart",
+  "PRNGKey",
+  "Params",
+  "PyTree",
+  "bucket_size",
+  "bucket_sizes",
+  "chunk_sizes",
+  "coarse_bucket_size",
+  "padded_num_lanes",
+  "tree_add",
+  "tree_all_finite",
+  "tree_num_params",
+  "tree_size_bytes",
+  "tree_sq_norm",
+  "tree_sub",
+  "tree_where",
+  "tree_zeros_like",
 ]

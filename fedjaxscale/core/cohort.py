@@ -11,7 +11,7 @@ Arrays here are NumPy, on the host: the engine owns every transfer to the device
 """
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -47,8 +47,9 @@ class CohortPart:
   def gather(self, lanes: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
     """The examples of ``lanes``: feature name -> ``[lanes, steps, batch, ...]``."""
     rows = self.rows[lanes]
-    return {name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:])
-            for name, x in self.features.items()}
+    return {
+      name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:]) for name, x in self.features.items()
+    }
 
   @property
   def batch(self) -> dict[str, np.ndarray]:
@@ -123,8 +124,10 @@ class Cohort:
   def __post_init__(self):
     n = len(self.client_ids)
     if self.num_examples.shape != (n,) or self.weights.shape != (n,):
-      raise ValueError(f"a cohort of {n} clients needs num_examples and weights of shape ({n},), got "
-                       f"{self.num_examples.shape} and {self.weights.shape}")
+      raise ValueError(
+        f"a cohort of {n} clients needs num_examples and weights of shape ({n},), got "
+        f"{self.num_examples.shape} and {self.weights.shape}"
+      )
     seen = np.zeros(n, np.int64)
     for p in self.parts:
       owners = p.owner[p.owner != IDLE]
@@ -146,8 +149,9 @@ class Cohort:
 
   def computed_example_steps(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> int:
     """Example slots the engine computes once each part's lanes are padded to their bucket."""
-    return sum(padded_num_lanes(p.num_lanes, lane_multiple, max_lanes_per_chunk) * p.num_steps * p.batch_size
-               for p in self.parts)
+    return sum(
+      padded_num_lanes(p.num_lanes, lane_multiple, max_lanes_per_chunk) * p.num_steps * p.batch_size for p in self.parts
+    )
 
   def padding_efficiency(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> float:
     """Real example-steps / computed example-steps (1.0 means no padding at all)."""

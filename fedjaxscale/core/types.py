@@ -1,6 +1,7 @@
 """Typing aliases shared by every layer."""
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -29,7 +29,7 @@ work the client does, so its lane holds only those steps.
 """
 
 import bisect
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -40,20 +40,20 @@ MAX_SLOTS = 2**28  # example slots a cohort may have (about 2.3 GiB of row indic
 
 
 def make_cohort(
-    client_examples: Sequence[Mapping[str, np.ndarray]],
-    batch_size: int,
-    *,
-    local_steps: int | None = None,
-    local_epochs: float | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    client_ids: Sequence[str] | None = None,
-    weights: Sequence[float] | None = None,
-    max_steps: Sequence[int] | None = None,
-    pack: bool = True,
-    lane_multiple: int = 1,
-    min_lane_steps: int = 1,
-    reuse_shapes=(),
+  client_examples: Sequence[Mapping[str, np.ndarray]],
+  batch_size: int,
+  *,
+  local_steps: int | None = None,
+  local_epochs: float | None = None,
+  shuffle: bool = True,
+  seed: int = 0,
+  client_ids: Sequence[str] | None = None,
+  weights: Sequence[float] | None = None,
+  max_steps: Sequence[int] | None = None,
+  pack: bool = True,
+  lane_multiple: int = 1,
+  min_lane_steps: int = 1,
+  reuse_shapes=(),
 ) -> Cohort:
   """Builds a cohort from per-client example dicts.
 
@@ -100,35 +100,50 @@ def make_cohort(
     for name in names:
       ref, x = np.asarray(client_examples[0][name]), np.asarray(ex[name])
       if x.shape[1:] != ref.shape[1:] or x.dtype != ref.dtype:
-        raise ValueError(f"client {k}: feature {name!r} is {x.dtype}{list(x.shape[1:])} per example, "
-                         f"client 0's is {ref.dtype}{list(ref.shape[1:])}")
+        raise ValueError(
+          f"client {k}: feature {name!r} is {x.dtype}{list(x.shape[1:])} per example, "
+          f"client 0's is {ref.dtype}{list(ref.shape[1:])}"
+        )
     sizes.append(lengths[names[0]])
   features = {name: np.concatenate([np.asarray(ex[name]) for ex in client_examples]) for name in names}
   sizes = np.asarray(sizes, np.int64)
   starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
   if client_ids is None:
     client_ids = [str(k) for k in range(len(client_examples))]
-  return _assemble(features, starts, sizes, np.asarray(client_ids), batch_size, local_steps=local_steps,
-                   local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights, max_steps=max_steps,
-                   pack=pack, lane_multiple=lane_multiple, min_lane_steps=min_lane_steps,
-                   reuse_shapes=reuse_shapes)
+  return _assemble(
+    features,
+    starts,
+    sizes,
+    np.asarray(client_ids),
+    batch_size,
+    local_steps=local_steps,
+    local_epochs=local_epochs,
+    shuffle=shuffle,
+    seed=seed,
+    weights=weights,
+    max_steps=max_steps,
+    pack=pack,
+    lane_multiple=lane_multiple,
+    min_lane_steps=min_lane_steps,
+    reuse_shapes=reuse_shapes,
+  )
 
 
 def gather_cohort(
-    dataset,
-    clients: Sequence[str] | Sequence[int] | np.ndarray,
-    batch_size: int,
-    *,
-    local_steps: int | None = None,
-    local_epochs: float | None = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    weights: Sequence[float] | None = None,
-    max_steps: Sequence[int] | None = None,
-    pack: bool = True,
-    lane_multiple: int = 1,
-    min_lane_steps: int = 1,
-    reuse_shapes=(),
+  dataset,
+  clients: Sequence[str] | Sequence[int] | np.ndarray,
+  batch_size: int,
+  *,
+  local_steps: int | None = None,
+  local_epochs: float | None = None,
+  shuffle: bool = True,
+  seed: int = 0,
+  weights: Sequence[float] | None = None,
+  max_steps: Sequence[int] | None = None,
+  pack: bool = True,
+  lane_multiple: int = 1,
+  min_lane_steps: int = 1,
+  reuse_shapes=(),
 ) -> Cohort:
   """Builds a cohort from clients of a ``FederatedDataset``, reading only their rows.
 
@@ -148,21 +163,51 @@ def gather_cohort(
     index = clients.astype(np.int64)
     bad = index[(index < 0) | (index >= dataset.num_clients)]
     if len(bad):
-      raise ValueError(f"client indices {bad[:5].tolist()} are outside the dataset's {dataset.num_clients} clients "
-                       f"({dataset.path})")
+      raise ValueError(
+        f"client indices {bad[:5].tolist()} are outside the dataset's {dataset.num_clients} clients ({dataset.path})"
+      )
   else:
     index = np.asarray(dataset.client_index(clients), np.int64)
   offsets = np.asarray(dataset.offsets)
   starts = offsets[index]
   sizes = offsets[index + 1] - starts
-  return _assemble(dataset.features, starts, sizes, np.asarray(dataset.client_ids)[index], batch_size,
-                   local_steps=local_steps, local_epochs=local_epochs, shuffle=shuffle, seed=seed, weights=weights,
-                   max_steps=max_steps, pack=pack, lane_multiple=lane_multiple, min_lane_steps=min_lane_steps,
-                   reuse_shapes=reuse_shapes)
+  return _assemble(
+    dataset.features,
+    starts,
+    sizes,
+    np.asarray(dataset.client_ids)[index],
+    batch_size,
+    local_steps=local_steps,
+    local_epochs=local_epochs,
+    shuffle=shuffle,
+    seed=seed,
+    weights=weights,
+    max_steps=max_steps,
+    pack=pack,
+    lane_multiple=lane_multiple,
+    min_lane_steps=min_lane_steps,
+    reuse_shapes=reuse_shapes,
+  )
 
 
-def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, local_epochs, shuffle, seed, weights,
-              max_steps, pack, lane_multiple, min_lane_steps, reuse_shapes) -> Cohort:
+def _assemble(
+  features,
+  starts,
+  sizes,
+  client_ids,
+  batch_size,
+  *,
+  local_steps,
+  local_epochs,
+  shuffle,
+  seed,
+  weights,
+  max_steps,
+  pack,
+  lane_multiple,
+  min_lane_steps,
+  reuse_shapes,
+) -> Cohort:
   n = len(sizes)
   if batch_size is None or int(batch_size) < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -197,22 +242,52 @@ def _assemble(features, starts, sizes, client_ids, batch_size, *, local_steps, l
     steps = np.minimum(steps, max_steps)
     total = np.minimum(total, steps * width)
 
-  lane, offset, num_lanes, lane_steps = pack_lanes(np.maximum(steps, 1), pack=pack, lane_multiple=lane_multiple,
-                                                   min_lane_steps=min_lane_steps, reuse_shapes=reuse_shapes)
+  lane, offset, num_lanes, lane_steps = pack_lanes(
+    np.maximum(steps, 1),
+    pack=pack,
+    lane_multiple=lane_multiple,
+    min_lane_steps=min_lane_steps,
+    reuse_shapes=reuse_shapes,
+  )
   slots = num_lanes * lane_steps * batch_size
   if slots > MAX_SLOTS:
     raise ValueError(
-        f"this cohort would need {num_lanes:,} lanes x {lane_steps:,} steps x batch {batch_size} = {slots:,} example "
-        f"slots (about {slots * 9 / 2**30:.1f} GiB of indices and masks) for {int(steps.sum() * batch_size):,} real "
-        f"ones" + ("; pack=True lays short clients end to end instead" if not pack else
-                   "; use fewer clients, fewer local steps, or cap the largest clients"))
-  part = _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size,
-               shuffle, np.random.default_rng(seed))
+      f"this cohort would need {num_lanes:,} lanes x {lane_steps:,} steps x batch {batch_size} = {slots:,} example "
+      f"slots (about {slots * 9 / 2**30:.1f} GiB of indices and masks) for {int(steps.sum() * batch_size):,} real "
+      f"ones"
+      + (
+        "; pack=True lays short clients end to end instead"
+        if not pack
+        else "; use fewer clients, fewer local steps, or cap the largest clients"
+      )
+    )
+  part = _part(
+    features,
+    starts,
+    sizes,
+    width,
+    total,
+    steps,
+    lane,
+    offset,
+    num_lanes,
+    lane_steps,
+    batch_size,
+    shuffle,
+    np.random.default_rng(seed),
+  )
   return Cohort((part,), client_ids, sizes.astype(np.float32), weights)
 
 
-def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1, min_lane_steps: int = 1,
-               reuse_shapes=(), reuse_tolerance: float = 0.15):
+def pack_lanes(
+  steps: np.ndarray,
+  *,
+  pack: bool = True,
+  lane_multiple: int = 1,
+  min_lane_steps: int = 1,
+  reuse_shapes=(),
+  reuse_tolerance: float = 0.15,
+):
   """Places clients' step runs in lanes.
 
   Args:
@@ -239,8 +314,9 @@ def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1, 
     # A lane each; for equal work (fixed local steps) exactly that long.
     length = longest if int(steps.min()) == longest and min_lane_steps <= longest else coarse_bucket_size(need)
     fresh = [(bucket_size(n, lane_multiple) * length, n, length)]
-    _, lanes, length = _choose(fresh, [(r * l, r, l) for r, l in reuse_shapes if r >= n and l >= length],
-                               reuse_tolerance)
+    _, lanes, length = _choose(
+      fresh, [(r * l, r, l) for r, l in reuse_shapes if r >= n and l >= length], reuse_tolerance
+    )
     return np.arange(n), np.zeros(n, np.int64), lanes, length
   order = np.argsort(-steps, kind="stable")
   packings = {}
@@ -251,8 +327,10 @@ def pack_lanes(steps: np.ndarray, *, pack: bool = True, lane_multiple: int = 1, 
     return packings[length][2]
 
   shortest = coarse_bucket_size(need)
-  fresh = [(bucket_size(lanes_needed(l), lane_multiple) * l, lanes_needed(l), l)
-           for l in (shortest, coarse_bucket_size(shortest + 1))]
+  fresh = [
+    (bucket_size(lanes_needed(l), lane_multiple) * l, lanes_needed(l), l)
+    for l in (shortest, coarse_bucket_size(shortest + 1))
+  ]
   budget = min(fresh)[0] * (1 + reuse_tolerance)
   reuse = [(r * l, r, l) for r, l in reuse_shapes if r * l <= budget and lanes_needed(l) <= r]
   _, lanes, length = _choose(fresh, reuse, reuse_tolerance)
@@ -291,8 +369,9 @@ def _best_fit_decreasing(steps, order, length):
   return lane, offset, num_lanes
 
 
-def _part(features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size, shuffle,
-          rng) -> CohortPart:
+def _part(
+  features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size, shuffle, rng
+) -> CohortPart:
   """Builds the part's row indices ``[lanes, steps, batch]`` (the engine gathers them)."""
   slots = np.maximum(steps, 1)
   client = np.repeat(np.arange(len(slots)), slots)  # one entry per (client, local step)
@@ -330,16 +409,20 @@ def padding_report(cohort: Cohort, lane_multiple: int = 1) -> dict[str, float]:
   """Real and computed example-steps and their ratio, for logs and benchmarks."""
   real = cohort.real_example_steps
   computed = cohort.computed_example_steps(lane_multiple)
-  return {"real_example_steps": real, "computed_example_steps": computed,
-          "padding_efficiency": real / computed if computed else 1.0,
-          "lanes": sum(p.num_lanes for p in cohort.parts), "lane_steps": max(p.num_steps for p in cohort.parts)}
+  return {
+    "real_example_steps": real,
+    "computed_example_steps": computed,
+    "padding_efficiency": real / computed if computed else 1.0,
+    "lanes": sum(p.num_lanes for p in cohort.parts),
+    "lane_steps": max(p.num_steps for p in cohort.parts),
+  }
 
 
-def steps_for(sizes: np.ndarray, batch_size: int, *, local_steps: int | None = None,
-              local_epochs: float | None = None) -> np.ndarray:
+def steps_for(
+  sizes: np.ndarray, batch_size: int, *, local_steps: int | None = None, local_epochs: float | None = None
+) -> np.ndarray:
   """Local steps each client runs (the scheduler's latency model uses the same count)."""
   sizes = np.asarray(sizes, np.int64)
   if local_steps is not None:
     return np.full(len(sizes), int(local_steps), np.int64)
   return -(-np.ceil(float(local_epochs) * sizes - 1e-9).astype(np.int64) // batch_size)
-

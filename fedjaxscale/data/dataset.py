@@ -36,24 +36,24 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    'FORMAT_VERSION',
-    'DatasetError',
-    'FederatedDataset',
-    'open_splits',
-    'write_dataset',
-    'write_dataset_from_clients',
+  "FORMAT_VERSION",
+  "DatasetError",
+  "FederatedDataset",
+  "open_splits",
+  "write_dataset",
+  "write_dataset_from_clients",
 ]
 
 FORMAT_VERSION = 1
-FORMAT_NAME = 'fedjaxscale.federated_dataset'
-META_FILE = 'meta.json'
-IDS_FILE = 'client_ids.npy'
-OFFSETS_FILE = 'client_offsets.npy'
-_REQUIRED_META_KEYS = ('format_version', 'features', 'num_clients', 'num_examples')
+FORMAT_NAME = "fedjaxscale.federated_dataset"
+META_FILE = "meta.json"
+IDS_FILE = "client_ids.npy"
+OFFSETS_FILE = "client_offsets.npy"
+_REQUIRED_META_KEYS = ("format_version", "features", "num_clients", "num_examples")
 # Feature names become file names, so keep them to a portable character set and away from
 # the layout's own files.
-_FEATURE_NAME = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.-]*$')
-_RESERVED_NAMES = frozenset({'client_ids', 'client_offsets', 'meta'})
+_FEATURE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_RESERVED_NAMES = frozenset({"client_ids", "client_offsets", "meta"})
 
 
 class DatasetError(ValueError):
@@ -82,9 +82,15 @@ class FederatedDataset:
     label_names: class names of the label feature, or None.
   """
 
-  def __init__(self, *, client_ids: np.ndarray, offsets: np.ndarray,
-               features: dict[str, np.ndarray], meta: dict[str, Any],
-               path: str | None = None):
+  def __init__(
+    self,
+    *,
+    client_ids: np.ndarray,
+    offsets: np.ndarray,
+    features: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    path: str | None = None,
+  ):
     # Private: callers use `open`, `write_dataset` or `subset`, which validate.
     self.path = path
     self.meta = meta
@@ -95,7 +101,7 @@ class FederatedDataset:
     self.client_sizes = np.diff(offsets)
     self.num_clients = int(client_ids.shape[0])
     self.num_examples = int(offsets[-1])
-    label_names = meta.get('label_names')
+    label_names = meta.get("label_names")
     self.label_names = None if label_names is None else list(label_names)
     self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -108,10 +114,10 @@ class FederatedDataset:
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
-      raise DatasetError(f'{path}: not a directory')
+      raise DatasetError(f"{path}: not a directory")
     meta = _read_meta(os.path.join(path, META_FILE))
     specs = _parse_feature_specs(meta, os.path.join(path, META_FILE))
-    num_clients, num_examples = meta['num_clients'], meta['num_examples']
+    num_clients, num_examples = meta["num_clients"], meta["num_examples"]
 
     ids_file = os.path.join(path, IDS_FILE)
     client_ids = _load_npy(ids_file, mmap=False)
@@ -124,36 +130,31 @@ class FederatedDataset:
     features = {}
     first: tuple[str, int] | None = None
     for name, (dtype, shape) in specs.items():
-      file = os.path.join(path, name + '.npy')
+      file = os.path.join(path, name + ".npy")
       arr = _load_npy(file, mmap=True)
       if arr.ndim < 1:
-        raise DatasetError(f'{file}: holds a 0-d array; a feature needs a leading row axis')
+        raise DatasetError(f"{file}: holds a 0-d array; a feature needs a leading row axis")
       if first is None:
         first = (name, arr.shape[0])
       elif arr.shape[0] != first[1]:
         raise DatasetError(
-            f'{file}: has {arr.shape[0]} rows but {first[0]}.npy has {first[1]}: '
-            'features must have equal row counts')
+          f"{file}: has {arr.shape[0]} rows but {first[0]}.npy has {first[1]}: features must have equal row counts"
+        )
       if arr.dtype != dtype:
-        raise DatasetError(
-            f'{file}: dtype {_dtype_str(arr.dtype)} does not match {META_FILE} '
-            f'({_dtype_str(dtype)})')
+        raise DatasetError(f"{file}: dtype {_dtype_str(arr.dtype)} does not match {META_FILE} ({_dtype_str(dtype)})")
       if tuple(arr.shape[1:]) != shape:
-        raise DatasetError(
-            f'{file}: per-example shape {tuple(arr.shape[1:])} does not match {META_FILE} '
-            f'{shape}')
+        raise DatasetError(f"{file}: per-example shape {tuple(arr.shape[1:])} does not match {META_FILE} {shape}")
       if arr.shape[0] != num_examples:
         raise DatasetError(
-            f'{file}: has {arr.shape[0]} rows but {META_FILE} num_examples and '
-            f'{OFFSETS_FILE} end at {num_examples}')
+          f"{file}: has {arr.shape[0]} rows but {META_FILE} num_examples and {OFFSETS_FILE} end at {num_examples}"
+        )
       features[name] = arr
     return cls(client_ids=client_ids, offsets=offsets, features=features, meta=meta, path=path)
 
   def __repr__(self) -> str:
-    feats = ', '.join(f'{k}: {_dtype_str(d)}{list(s)}' for k, (d, s) in self.feature_specs.items())
-    where = f'{self.path!r}' if self.path is not None else 'in memory'
-    return (f'FederatedDataset({where}, {self.num_clients} clients, '
-            f'{self.num_examples} examples, {{{feats}}})')
+    feats = ", ".join(f"{k}: {_dtype_str(d)}{list(s)}" for k, (d, s) in self.feature_specs.items())
+    where = f"{self.path!r}" if self.path is not None else "in memory"
+    return f"FederatedDataset({where}, {self.num_clients} clients, {self.num_examples} examples, {{{feats}}})"
 
   # ------------------------------------------------------------------------------------------
   # Lookup.
@@ -170,21 +171,20 @@ class FederatedDataset:
     query = np.asarray(client_ids)
     if query.size == 0:
       return np.zeros(query.shape, np.int64)
-    if query.dtype.kind != 'U':
-      raise DatasetError(f'client ids must be strings, got dtype {query.dtype}')
+    if query.dtype.kind != "U":
+      raise DatasetError(f"client ids must be strings, got dtype {query.dtype}")
     if self._sorted_ids is None:
-      order = np.argsort(self.client_ids, kind='stable')
+      order = np.argsort(self.client_ids, kind="stable")
       self._sorted_ids = (self.client_ids[order], order.astype(np.int64))
     sorted_ids, order = self._sorted_ids
     pos = np.searchsorted(sorted_ids, query)
     pos_c = np.minimum(pos, max(len(sorted_ids) - 1, 0))
-    found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == query) if len(sorted_ids) else (
-        np.zeros(query.shape, bool))
+    found = (pos < len(sorted_ids)) & (sorted_ids[pos_c] == query) if len(sorted_ids) else (np.zeros(query.shape, bool))
     if not np.all(found):
       missing = np.unique(query[~found])
-      shown = ', '.join(repr(str(m)) for m in missing[:10])
-      more = f' and {len(missing) - 10} more' if len(missing) > 10 else ''
-      raise DatasetError(f'{self._where()}: unknown client id(s) {shown}{more}')
+      shown = ", ".join(repr(str(m)) for m in missing[:10])
+      more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+      raise DatasetError(f"{self._where()}: unknown client id(s) {shown}{more}")
     return order[pos_c]
 
   def _position(self, client: str | int | np.integer) -> int:
@@ -192,10 +192,9 @@ class FederatedDataset:
       return int(self.client_index(client))
     if isinstance(client, (int, np.integer)) and not isinstance(client, bool):
       if not 0 <= client < self.num_clients:
-        raise DatasetError(
-            f'{self._where()}: client index {client} out of range [0, {self.num_clients})')
+        raise DatasetError(f"{self._where()}: client index {client} out of range [0, {self.num_clients})")
       return int(client)
-    raise DatasetError(f'a client is a str id or an int index, got {type(client).__name__}')
+    raise DatasetError(f"a client is a str id or an int index, got {type(client).__name__}")
 
   def client(self, client: str | int) -> dict[str, np.ndarray]:
     """One client's examples by id or position: slices (views) of every feature, no copy."""
@@ -229,166 +228,161 @@ class FederatedDataset:
     """An in-memory dataset of the given clients (ids or positions), in the order given."""
     idx = self._positions(clients)
     if len(np.unique(idx)) != len(idx):
-      raise DatasetError(f'{self._where()}: subset lists a client more than once')
+      raise DatasetError(f"{self._where()}: subset lists a client more than once")
     rows, sizes = self.client_rows(idx)
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     meta = dict(self.meta, num_clients=int(len(idx)), num_examples=int(offsets[-1]))
-    return FederatedDataset(client_ids=self.client_ids[idx], offsets=offsets,
-                            features=self.rows(rows), meta=meta, path=None)
+    return FederatedDataset(
+      client_ids=self.client_ids[idx], offsets=offsets, features=self.rows(rows), meta=meta, path=None
+    )
 
   def _positions(self, clients: Iterable[str | int] | np.ndarray) -> np.ndarray:
     arr = np.asarray(clients if isinstance(clients, np.ndarray) else list(clients))
     if arr.size == 0:
       return np.zeros(0, np.int64)
-    if arr.dtype.kind == 'U':
+    if arr.dtype.kind == "U":
       return self.client_index(arr).reshape(-1)
-    if arr.dtype.kind in 'iu':
+    if arr.dtype.kind in "iu":
       arr = arr.astype(np.int64).reshape(-1)
       bad = (arr < 0) | (arr >= self.num_clients)
       if np.any(bad):
-        raise DatasetError(f'{self._where()}: client index {int(arr[bad][0])} out of range '
-                           f'[0, {self.num_clients})')
+        raise DatasetError(f"{self._where()}: client index {int(arr[bad][0])} out of range [0, {self.num_clients})")
       return arr
-    raise DatasetError(f'clients are str ids or int indices, got dtype {arr.dtype}')
+    raise DatasetError(f"clients are str ids or int indices, got dtype {arr.dtype}")
 
   def _where(self) -> str:
-    return self.path if self.path is not None else 'in-memory dataset'
+    return self.path if self.path is not None else "in-memory dataset"
 
 
 def open_splits(root: str | os.PathLike) -> dict[str, FederatedDataset]:
   """Opens every subdirectory of ``root`` that holds a ``meta.json``, keyed by its name."""
   root = os.fspath(root)
   if not os.path.isdir(root):
-    raise DatasetError(f'{root}: not a directory')
+    raise DatasetError(f"{root}: not a directory")
   splits = {
-      name: FederatedDataset.open(os.path.join(root, name))
-      for name in sorted(os.listdir(root))
-      if os.path.isfile(os.path.join(root, name, META_FILE))
+    name: FederatedDataset.open(os.path.join(root, name))
+    for name in sorted(os.listdir(root))
+    if os.path.isfile(os.path.join(root, name, META_FILE))
   }
   if not splits:
-    raise DatasetError(f'{root}: no split directories (subdirectories holding {META_FILE})')
+    raise DatasetError(f"{root}: no split directories (subdirectories holding {META_FILE})")
   return splits
 
 
 def _read_meta(file: str) -> dict[str, Any]:
   try:
-    with open(file, encoding='utf-8') as f:
+    with open(file, encoding="utf-8") as f:
       meta = json.load(f)
   except FileNotFoundError:
-    raise DatasetError(f'{file}: missing') from None
+    raise DatasetError(f"{file}: missing") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DatasetError(f'{file}: not valid JSON ({e})') from None
+    raise DatasetError(f"{file}: not valid JSON ({e})") from None
   except OSError as e:
-    raise DatasetError(f'{file}: unreadable ({e})') from None
+    raise DatasetError(f"{file}: unreadable ({e})") from None
   if not isinstance(meta, dict):
-    raise DatasetError(f'{file}: expected a JSON object, got {type(meta).__name__}')
+    raise DatasetError(f"{file}: expected a JSON object, got {type(meta).__name__}")
   missing = [k for k in _REQUIRED_META_KEYS if k not in meta]
   if missing:
-    raise DatasetError(f'{file}: missing required key(s) {missing}')
-  version = meta['format_version']
+    raise DatasetError(f"{file}: missing required key(s) {missing}")
+  version = meta["format_version"]
   if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-    raise DatasetError(f'{file}: format_version must be a positive int, got {version!r}')
+    raise DatasetError(f"{file}: format_version must be a positive int, got {version!r}")
   if version > FORMAT_VERSION:
-    raise DatasetError(f'{file}: format_version {version} is newer than this reader '
-                       f'({FORMAT_VERSION})')
-  for key in ('num_clients', 'num_examples'):
+    raise DatasetError(f"{file}: format_version {version} is newer than this reader ({FORMAT_VERSION})")
+  for key in ("num_clients", "num_examples"):
     v = meta[key]
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-      raise DatasetError(f'{file}: {key} must be a non-negative int, got {v!r}')
-  label_names = meta.get('label_names')
-  if label_names is not None and not (
-      isinstance(label_names, list) and all(isinstance(s, str) for s in label_names)):
-    raise DatasetError(f'{file}: label_names must be a list of strings or null')
-  if not isinstance(meta.get('provenance', {}), dict):
-    raise DatasetError(f'{file}: provenance must be an object')
+      raise DatasetError(f"{file}: {key} must be a non-negative int, got {v!r}")
+  label_names = meta.get("label_names")
+  if label_names is not None and not (isinstance(label_names, list) and all(isinstance(s, str) for s in label_names)):
+    raise DatasetError(f"{file}: label_names must be a list of strings or null")
+  if not isinstance(meta.get("provenance", {}), dict):
+    raise DatasetError(f"{file}: provenance must be an object")
   return meta
 
 
 def _parse_feature_specs(meta: dict[str, Any], file: str) -> dict[str, tuple[np.dtype, tuple]]:
-  features = meta['features']
+  features = meta["features"]
   if not isinstance(features, dict) or not features:
-    raise DatasetError(f'{file}: features must be a non-empty object')
+    raise DatasetError(f"{file}: features must be a non-empty object")
   specs = {}
   for name, spec in features.items():
     _check_feature_name(name, file)
-    if not isinstance(spec, dict) or 'dtype' not in spec or 'shape' not in spec:
+    if not isinstance(spec, dict) or "dtype" not in spec or "shape" not in spec:
       raise DatasetError(f'{file}: feature {name!r} needs "dtype" and "shape"')
     try:
-      dtype = np.dtype(spec['dtype'])
+      dtype = np.dtype(spec["dtype"])
     except TypeError:
-      raise DatasetError(f'{file}: feature {name!r} has unknown dtype {spec["dtype"]!r}') from None
-    shape = spec['shape']
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-      raise DatasetError(f'{file}: feature {name!r} shape must be a list of '
-                         f'non-negative ints, got {shape!r}')
+      raise DatasetError(f"{file}: feature {name!r} has unknown dtype {spec['dtype']!r}") from None
+    shape = spec["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+      raise DatasetError(f"{file}: feature {name!r} shape must be a list of non-negative ints, got {shape!r}")
     specs[name] = (dtype, tuple(shape))
   return specs
 
 
 def _load_npy(file: str, *, mmap: bool) -> np.ndarray:
   if not os.path.isfile(file):
-    raise DatasetError(f'{file}: missing')
+    raise DatasetError(f"{file}: missing")
   try:
-    arr = np.load(file, mmap_mode='r' if mmap else None, allow_pickle=False)
+    arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
   except Exception as e:  # np.load raises ValueError, OSError, EOFError... for bad files.
-    raise DatasetError(f'{file}: unreadable or truncated .npy ({type(e).__name__}: {e})') from None
+    raise DatasetError(f"{file}: unreadable or truncated .npy ({type(e).__name__}: {e})") from None
   if mmap and isinstance(arr, np.memmap):
     # np.load accepts trailing bytes silently; a file longer than its header says is as
     # suspect as a short one.
     expected = arr.offset + arr.nbytes
     actual = os.path.getsize(file)
     if actual != expected:
-      raise DatasetError(f'{file}: {actual} bytes on disk but its header describes {expected}')
+      raise DatasetError(f"{file}: {actual} bytes on disk but its header describes {expected}")
   return arr
 
 
 def _check_client_ids(ids: np.ndarray, where: str, num_clients: int | None) -> None:
   if ids.ndim != 1:
-    raise DatasetError(f'{where}: client ids must be 1-D, got shape {ids.shape}')
-  if ids.dtype.kind != 'U':
-    raise DatasetError(f'{where}: client ids must be unicode strings, got dtype {ids.dtype}')
+    raise DatasetError(f"{where}: client ids must be 1-D, got shape {ids.shape}")
+  if ids.dtype.kind != "U":
+    raise DatasetError(f"{where}: client ids must be unicode strings, got dtype {ids.dtype}")
   if num_clients is not None and ids.shape[0] != num_clients:
-    raise DatasetError(f'{where}: holds {ids.shape[0]} client ids but {META_FILE} '
-                       f'num_clients is {num_clients}')
+    raise DatasetError(f"{where}: holds {ids.shape[0]} client ids but {META_FILE} num_clients is {num_clients}")
   uniq, counts = np.unique(ids, return_counts=True)
   if len(uniq) != len(ids):
-    dups = ', '.join(repr(str(u)) for u in uniq[counts > 1][:10])
-    raise DatasetError(f'{where}: duplicate client id(s) {dups}')
+    dups = ", ".join(repr(str(u)) for u in uniq[counts > 1][:10])
+    raise DatasetError(f"{where}: duplicate client id(s) {dups}")
 
 
-def _check_offsets(offsets: np.ndarray, where: str, num_clients: int,
-                   num_examples: int) -> np.ndarray:
-  if offsets.ndim != 1 or offsets.dtype.kind not in 'iu':
-    raise DatasetError(f'{where}: offsets must be a 1-D integer array, got '
-                       f'{offsets.dtype} of shape {offsets.shape}')
+def _check_offsets(offsets: np.ndarray, where: str, num_clients: int, num_examples: int) -> np.ndarray:
+  if offsets.ndim != 1 or offsets.dtype.kind not in "iu":
+    raise DatasetError(f"{where}: offsets must be a 1-D integer array, got {offsets.dtype} of shape {offsets.shape}")
   if offsets.shape[0] != num_clients + 1:
-    raise DatasetError(f'{where}: has {offsets.shape[0]} offsets; expected num_clients + 1 '
-                       f'= {num_clients + 1}')
+    raise DatasetError(f"{where}: has {offsets.shape[0]} offsets; expected num_clients + 1 = {num_clients + 1}")
   offsets = offsets.astype(np.int64)
   if offsets[0] != 0:
-    raise DatasetError(f'{where}: offsets must start at 0, got {offsets[0]}')
+    raise DatasetError(f"{where}: offsets must start at 0, got {offsets[0]}")
   bad = np.flatnonzero(np.diff(offsets) < 0)
   if bad.size:
     i = int(bad[0])
-    raise DatasetError(f'{where}: offsets must be non-decreasing; offsets[{i + 1}] = '
-                       f'{offsets[i + 1]} < offsets[{i}] = {offsets[i]}')
+    raise DatasetError(
+      f"{where}: offsets must be non-decreasing; offsets[{i + 1}] = {offsets[i + 1]} < offsets[{i}] = {offsets[i]}"
+    )
   if offsets[-1] != num_examples:
-    raise DatasetError(f'{where}: offsets end at {offsets[-1]} but the row count '
-                       f'({META_FILE} num_examples) is {num_examples}')
+    raise DatasetError(
+      f"{where}: offsets end at {offsets[-1]} but the row count ({META_FILE} num_examples) is {num_examples}"
+    )
   return offsets
 
 
 def _check_feature_name(name: Any, where: str) -> None:
   if not isinstance(name, str) or not _FEATURE_NAME.match(name) or name in _RESERVED_NAMES:
-    raise DatasetError(f'{where}: bad feature name {name!r} (letters, digits, "_", ".", "-"; '
-                       f'not one of {sorted(_RESERVED_NAMES)})')
+    raise DatasetError(
+      f'{where}: bad feature name {name!r} (letters, digits, "_", ".", "-"; not one of {sorted(_RESERVED_NAMES)})'
+    )
 
 
 def _dtype_str(dtype: np.dtype) -> str:
   """A readable dtype spelling that round-trips through np.dtype (e.g. 'float32', '<U7')."""
   dtype = np.dtype(dtype)
-  if dtype.kind in 'biufc' and dtype.isnative and np.dtype(dtype.name) == dtype:
+  if dtype.kind in "biufc" and dtype.isnative and np.dtype(dtype.name) == dtype:
     return dtype.name
   return dtype.str
 
@@ -397,11 +391,16 @@ def _dtype_str(dtype: np.dtype) -> str:
 # Writing.
 
 
-def write_dataset(path: str | os.PathLike, client_ids: Sequence[str] | np.ndarray,
-                  features: Mapping[str, np.ndarray], client_sizes: Sequence[int] | np.ndarray,
-                  *, label_names: Sequence[str] | None = None,
-                  provenance: Mapping[str, Any] | None = None,
-                  overwrite: bool = False) -> FederatedDataset:
+def write_dataset(
+  path: str | os.PathLike,
+  client_ids: Sequence[str] | np.ndarray,
+  features: Mapping[str, np.ndarray],
+  client_sizes: Sequence[int] | np.ndarray,
+  *,
+  label_names: Sequence[str] | None = None,
+  provenance: Mapping[str, Any] | None = None,
+  overwrite: bool = False,
+) -> FederatedDataset:
   """Writes one split directory in the layout and returns it opened.
 
   The files are written into a temporary sibling directory (``meta.json`` last) that is then
@@ -426,61 +425,60 @@ def write_dataset(path: str | os.PathLike, client_ids: Sequence[str] | np.ndarra
   path = os.path.abspath(os.fspath(path))
   ids = _as_client_ids(client_ids)
   sizes = np.asarray(client_sizes)
-  if sizes.ndim != 1 or (sizes.size and sizes.dtype.kind not in 'iu'):
-    raise DatasetError(f'client_sizes must be a 1-D integer array, got {sizes.dtype} '
-                       f'of shape {sizes.shape}')
+  if sizes.ndim != 1 or (sizes.size and sizes.dtype.kind not in "iu"):
+    raise DatasetError(f"client_sizes must be a 1-D integer array, got {sizes.dtype} of shape {sizes.shape}")
   sizes = sizes.astype(np.int64)
   if len(sizes) != len(ids):
-    raise DatasetError(f'{len(ids)} client ids but {len(sizes)} client sizes')
+    raise DatasetError(f"{len(ids)} client ids but {len(sizes)} client sizes")
   if np.any(sizes < 0):
-    raise DatasetError('client_sizes must be non-negative')
+    raise DatasetError("client_sizes must be non-negative")
   offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
   num_examples = int(offsets[-1])
 
   if not isinstance(features, Mapping) or not features:
-    raise DatasetError('features must be a non-empty mapping of name -> array')
+    raise DatasetError("features must be a non-empty mapping of name -> array")
   arrays = {}
   for name, value in features.items():
-    _check_feature_name(name, 'features')
+    _check_feature_name(name, "features")
     arr = np.asarray(value)
     if arr.ndim < 1:
-      raise DatasetError(f'feature {name!r} is 0-d; it needs a leading row axis')
+      raise DatasetError(f"feature {name!r} is 0-d; it needs a leading row axis")
     arr = np.ascontiguousarray(arr)  # C order, so a client's rows are one contiguous block.
-    if arr.dtype.kind in 'OV':
-      raise DatasetError(f'feature {name!r} has dtype {arr.dtype}, which cannot be '
-                         'memory-mapped; use a numeric or fixed-width string dtype')
+    if arr.dtype.kind in "OV":
+      raise DatasetError(
+        f"feature {name!r} has dtype {arr.dtype}, which cannot be "
+        "memory-mapped; use a numeric or fixed-width string dtype"
+      )
     if arr.shape[0] != num_examples:
-      raise DatasetError(f'feature {name!r} has {arr.shape[0]} rows but client_sizes sum '
-                         f'to {num_examples}')
+      raise DatasetError(f"feature {name!r} has {arr.shape[0]} rows but client_sizes sum to {num_examples}")
     arrays[name] = arr
 
   if label_names is not None:
     label_names = [str(s) for s in label_names]
   meta = {
-      'format': FORMAT_NAME,
-      'format_version': FORMAT_VERSION,
-      'num_clients': int(len(ids)),
-      'num_examples': num_examples,
-      'features': {k: {'dtype': _dtype_str(v.dtype), 'shape': list(v.shape[1:])}
-                   for k, v in arrays.items()},
-      'label_names': label_names,
-      'provenance': dict(provenance or {}),
+    "format": FORMAT_NAME,
+    "format_version": FORMAT_VERSION,
+    "num_clients": int(len(ids)),
+    "num_examples": num_examples,
+    "features": {k: {"dtype": _dtype_str(v.dtype), "shape": list(v.shape[1:])} for k, v in arrays.items()},
+    "label_names": label_names,
+    "provenance": dict(provenance or {}),
   }
   try:
-    meta_text = json.dumps(meta, indent=2, default=_json_default) + '\n'
+    meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
   except (TypeError, ValueError) as e:
-    raise DatasetError(f'provenance is not JSON-serializable: {e}') from None
+    raise DatasetError(f"provenance is not JSON-serializable: {e}") from None
 
   _check_destination(path, overwrite)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.tmp-', dir=parent)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
   try:
     np.save(os.path.join(tmp, IDS_FILE), ids, allow_pickle=False)
     np.save(os.path.join(tmp, OFFSETS_FILE), offsets, allow_pickle=False)
     for name, arr in arrays.items():
-      np.save(os.path.join(tmp, name + '.npy'), arr, allow_pickle=False)
-    with open(os.path.join(tmp, META_FILE), 'w', encoding='utf-8') as f:
+      np.save(os.path.join(tmp, name + ".npy"), arr, allow_pickle=False)
+    with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
       f.write(meta_text)
     _replace_dir(tmp, path)
   except BaseException:
@@ -490,10 +488,10 @@ def write_dataset(path: str | os.PathLike, client_ids: Sequence[str] | np.ndarra
 
 
 def write_dataset_from_clients(
-    path: str | os.PathLike,
-    clients: (Mapping[str, Mapping[str, np.ndarray]]
-              | Sequence[tuple[str, Mapping[str, np.ndarray]]]),
-    **kwargs: Any) -> FederatedDataset:
+  path: str | os.PathLike,
+  clients: (Mapping[str, Mapping[str, np.ndarray]] | Sequence[tuple[str, Mapping[str, np.ndarray]]]),
+  **kwargs: Any,
+) -> FederatedDataset:
   """Writes a dataset from per-client example dicts (``{id: {feature: array}}`` or pairs).
 
   Every client must have the same features with the same dtype and per-example shape.
@@ -501,29 +499,28 @@ def write_dataset_from_clients(
   """
   items = list(clients.items()) if isinstance(clients, Mapping) else list(clients)
   if not items:
-    raise DatasetError('no clients given')
+    raise DatasetError("no clients given")
   names = list(items[0][1].keys())
   ids, sizes, columns = [], [], {k: [] for k in names}
   for cid, examples in items:
     if sorted(examples.keys()) != sorted(names):
-      raise DatasetError(f'client {cid!r} has features {sorted(examples.keys())}; '
-                         f'expected {sorted(names)}')
+      raise DatasetError(f"client {cid!r} has features {sorted(examples.keys())}; expected {sorted(names)}")
     n = None
     for k in names:
       arr = np.asarray(examples[k])
       if arr.ndim < 1:
-        raise DatasetError(f'client {cid!r} feature {k!r} is 0-d; it needs a row axis')
+        raise DatasetError(f"client {cid!r} feature {k!r} is 0-d; it needs a row axis")
       if n is None:
         n = arr.shape[0]
       elif arr.shape[0] != n:
-        raise DatasetError(f'client {cid!r}: feature {k!r} has {arr.shape[0]} rows, '
-                           f'another has {n}')
+        raise DatasetError(f"client {cid!r}: feature {k!r} has {arr.shape[0]} rows, another has {n}")
       if columns[k]:
         ref = columns[k][0]
         if arr.dtype != ref.dtype or arr.shape[1:] != ref.shape[1:]:
           raise DatasetError(
-              f'client {cid!r} feature {k!r} is {arr.dtype}{list(arr.shape[1:])} but client '
-              f'{items[0][0]!r} has {ref.dtype}{list(ref.shape[1:])}')
+            f"client {cid!r} feature {k!r} is {arr.dtype}{list(arr.shape[1:])} but client "
+            f"{items[0][0]!r} has {ref.dtype}{list(ref.shape[1:])}"
+          )
       columns[k].append(arr)
     ids.append(cid)
     sizes.append(n)
@@ -534,11 +531,10 @@ def write_dataset_from_clients(
 def _as_client_ids(client_ids: Sequence[str] | np.ndarray) -> np.ndarray:
   ids = np.asarray(client_ids)
   if ids.size == 0:
-    return np.zeros(0, dtype='<U1')
-  if ids.ndim != 1 or ids.dtype.kind != 'U':
-    raise DatasetError(f'client_ids must be a 1-D sequence of str, got {ids.dtype} of shape '
-                       f'{ids.shape}')
-  _check_client_ids(ids, 'client_ids', None)
+    return np.zeros(0, dtype="<U1")
+  if ids.ndim != 1 or ids.dtype.kind != "U":
+    raise DatasetError(f"client_ids must be a 1-D sequence of str, got {ids.dtype} of shape {ids.shape}")
+  _check_client_ids(ids, "client_ids", None)
   return ids
 
 
@@ -547,27 +543,26 @@ def _json_default(obj: Any) -> Any:
     return obj.item()
   if isinstance(obj, np.ndarray):
     return obj.tolist()
-  raise TypeError(f'{type(obj).__name__} is not JSON-serializable')
+  raise TypeError(f"{type(obj).__name__} is not JSON-serializable")
 
 
 def _check_destination(path: str, overwrite: bool) -> None:
   if not os.path.exists(path):
     return
   if not os.path.isdir(path):
-    raise DatasetError(f'{path}: exists and is not a directory')
+    raise DatasetError(f"{path}: exists and is not a directory")
   entries = os.listdir(path)
   if not entries:
     return
   if os.path.exists(os.path.join(path, META_FILE)) and not overwrite:
-    raise DatasetError(f'{path}: already holds a dataset; pass overwrite=True to replace it')
-  foreign = [e for e in entries
-             if not (e.endswith(('.npy', '.json')) and os.path.isfile(os.path.join(path, e)))]
+    raise DatasetError(f"{path}: already holds a dataset; pass overwrite=True to replace it")
+  foreign = [e for e in entries if not (e.endswith((".npy", ".json")) and os.path.isfile(os.path.join(path, e)))]
   if foreign:
-    raise DatasetError(f'{path}: not empty and holds non-dataset entries {sorted(foreign)[:5]}; '
-                       'refusing to replace it')
+    raise DatasetError(f"{path}: not empty and holds non-dataset entries {sorted(foreign)[:5]}; refusing to replace it")
   if not overwrite:
-    raise DatasetError(f'{path}: holds .npy/.json files but no {META_FILE} (a partial '
-                       'dataset?); pass overwrite=True to replace it')
+    raise DatasetError(
+      f"{path}: holds .npy/.json files but no {META_FILE} (a partial dataset?); pass overwrite=True to replace it"
+    )
 
 
 def _replace_dir(tmp: str, path: str) -> None:
@@ -575,7 +570,7 @@ def _replace_dir(tmp: str, path: str) -> None:
   if not os.path.exists(path):
     os.rename(tmp, path)
     return
-  old = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.old-', dir=os.path.dirname(path))
+  old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
   os.rmdir(old)
   os.rename(path, old)
   try:

@@ -48,18 +48,26 @@ from typing import Any
 
 import numpy as np
 
-from fedjaxscale.data.dataset import FederatedDataset, write_dataset
-from fedjaxscale.data.dataset import _check_destination  # pylint: disable=protected-access
+from fedjaxscale.data.dataset import (
+  FederatedDataset,
+  _check_destination,  # pylint: disable=protected-access
+  write_dataset,
+)
 
-__all__ = ['make_synthetic', 'synthetic_client_sizes', 'write_synthetic']
+__all__ = ["make_synthetic", "synthetic_client_sizes", "write_synthetic"]
 
-_PAPER = ('Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, '
-          'arXiv:1812.06127')
+_PAPER = 'Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020, arXiv:1812.06127'
 
 
-def synthetic_client_sizes(num_clients: int, *, seed: int = 0, size_mean: float = 4.0,
-                           size_sigma: float = 2.0, min_size: int = 50,
-                           max_size: int | None = None) -> np.ndarray:
+def synthetic_client_sizes(
+  num_clients: int,
+  *,
+  seed: int = 0,
+  size_mean: float = 4.0,
+  size_sigma: float = 2.0,
+  min_size: int = 50,
+  max_size: int | None = None,
+) -> np.ndarray:
   """Power-law-like client sizes: ``floor(lognormal(size_mean, size_sigma)) + min_size``.
 
   Returns the same sizes `make_synthetic` uses for the same arguments.
@@ -73,11 +81,20 @@ def synthetic_client_sizes(num_clients: int, *, seed: int = 0, size_mean: float 
   return sizes
 
 
-def make_synthetic(num_clients: int, *, alpha: float = 1.0, beta: float = 1.0,
-                   iid: bool = False, seed: int = 0, num_features: int = 60,
-                   num_classes: int = 10, size_mean: float = 4.0, size_sigma: float = 2.0,
-                   min_size: int = 50, max_size: int | None = None,
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def make_synthetic(
+  num_clients: int,
+  *,
+  alpha: float = 1.0,
+  beta: float = 1.0,
+  iid: bool = False,
+  seed: int = 0,
+  num_features: int = 60,
+  num_classes: int = 10,
+  size_mean: float = 4.0,
+  size_sigma: float = 2.0,
+  min_size: int = 50,
+  max_size: int | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
   """Generates Synthetic(alpha, beta) in memory (see the module docstring for the model).
 
   Args:
@@ -94,13 +111,15 @@ def make_synthetic(num_clients: int, *, alpha: float = 1.0, beta: float = 1.0,
     rows sorted by client and ids ``'f_00000', 'f_00001', ...``.
   """
   if alpha < 0 or beta < 0:
-    raise ValueError(f'alpha and beta must be non-negative, got {alpha}, {beta}')
+    raise ValueError(f"alpha and beta must be non-negative, got {alpha}, {beta}")
   if num_features < 1 or num_classes < 1:
-    raise ValueError('num_features and num_classes must be positive')
-  sizes = synthetic_client_sizes(num_clients, seed=seed, size_mean=size_mean,
-                                 size_sigma=size_sigma, min_size=min_size, max_size=max_size)
-  w, b, v = _client_models(num_clients, alpha=alpha, beta=beta, iid=iid, seed=seed,
-                           num_features=num_features, num_classes=num_classes)
+    raise ValueError("num_features and num_classes must be positive")
+  sizes = synthetic_client_sizes(
+    num_clients, seed=seed, size_mean=size_mean, size_sigma=size_sigma, min_size=min_size, max_size=max_size
+  )
+  w, b, v = _client_models(
+    num_clients, alpha=alpha, beta=beta, iid=iid, seed=seed, num_features=num_features, num_classes=num_classes
+  )
   d, n_clients = num_features, num_clients
 
   # x = v_k + sqrt(Sigma) z, drawn for all rows in one call; float32 halves memory and is what
@@ -118,14 +137,22 @@ def make_synthetic(num_clients: int, *, alpha: float = 1.0, beta: float = 1.0,
     y[s:e] = np.argmax(xk @ w[k].T + b[k], axis=1)
 
   width = max(5, len(str(max(n_clients - 1, 0))))
-  client_ids = np.array([f'f_{k:0{width}d}' for k in range(n_clients)], dtype=f'<U{width + 2}')
-  return client_ids, {'x': x, 'y': y}, sizes
+  client_ids = np.array([f"f_{k:0{width}d}" for k in range(n_clients)], dtype=f"<U{width + 2}")
+  return client_ids, {"x": x, "y": y}, sizes
 
 
-def write_synthetic(root: str | os.PathLike, num_clients: int, *, alpha: float = 1.0,
-                    beta: float = 1.0, iid: bool = False, seed: int = 0,
-                    test_fraction: float = 0.2, overwrite: bool = False,
-                    **kwargs: Any) -> dict[str, FederatedDataset]:
+def write_synthetic(
+  root: str | os.PathLike,
+  num_clients: int,
+  *,
+  alpha: float = 1.0,
+  beta: float = 1.0,
+  iid: bool = False,
+  seed: int = 0,
+  test_fraction: float = 0.2,
+  overwrite: bool = False,
+  **kwargs: Any,
+) -> dict[str, FederatedDataset]:
   """Generates Synthetic(alpha, beta) and writes ``root/train`` and ``root/test``.
 
   Args:
@@ -140,46 +167,62 @@ def write_synthetic(root: str | os.PathLike, num_clients: int, *, alpha: float =
     ``{'train': FederatedDataset, 'test': FederatedDataset}``.
   """
   if not 0.0 <= test_fraction < 1.0:
-    raise ValueError(f'test_fraction must be in [0, 1), got {test_fraction}')
+    raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
   root = os.fspath(root)
   # Check both destinations before writing either, so a refusal leaves nothing behind.
-  for split in ('train', 'test'):
+  for split in ("train", "test"):
     _check_destination(os.path.join(root, split), overwrite)
-  ids, features, sizes = make_synthetic(num_clients, alpha=alpha, beta=beta, iid=iid,
-                                        seed=seed, **kwargs)
-  n_test = np.minimum(np.floor(test_fraction * sizes).astype(np.int64),
-                      np.maximum(sizes - 1, 0))
+  ids, features, sizes = make_synthetic(num_clients, alpha=alpha, beta=beta, iid=iid, seed=seed, **kwargs)
+  n_test = np.minimum(np.floor(test_fraction * sizes).astype(np.int64), np.maximum(sizes - 1, 0))
   n_train = sizes - n_test
   # Position of each row within its client; the first n_train rows of a client are train.
   offsets = np.concatenate([[0], np.cumsum(sizes)])
   within = np.arange(int(sizes.sum())) - np.repeat(offsets[:-1], sizes)
   is_train = within < np.repeat(n_train, sizes)
 
-  num_classes = int(kwargs.get('num_classes', 10))
-  parameters = dict(num_clients=num_clients, alpha=float(alpha), beta=float(beta),
-                    iid=bool(iid), seed=int(seed), test_fraction=float(test_fraction),
-                    **kwargs)
+  num_classes = int(kwargs.get("num_classes", 10))
+  parameters = dict(
+    num_clients=num_clients,
+    alpha=float(alpha),
+    beta=float(beta),
+    iid=bool(iid),
+    seed=int(seed),
+    test_fraction=float(test_fraction),
+    **kwargs,
+  )
   if iid:
     parameters.update(alpha=None, beta=None)
   out = {}
-  for split, mask, split_sizes in (('train', is_train, n_train), ('test', ~is_train, n_test)):
+  for split, mask, split_sizes in (("train", is_train, n_train), ("test", ~is_train, n_test)):
     provenance = {
-        'generator': 'fedjaxscale.data.synthetic',
-        'name': 'synthetic_iid' if iid else f'synthetic({alpha:g},{beta:g})',
-        'reference': _PAPER,
-        'split': split,
-        'parameters': parameters,
+      "generator": "fedjaxscale.data.synthetic",
+      "name": "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})",
+      "reference": _PAPER,
+      "split": split,
+      "parameters": parameters,
     }
     out[split] = write_dataset(
-        os.path.join(root, split), ids, {k: v[mask] for k, v in features.items()},
-        split_sizes, label_names=[str(i) for i in range(num_classes)],
-        provenance=provenance, overwrite=overwrite)
+      os.path.join(root, split),
+      ids,
+      {k: v[mask] for k, v in features.items()},
+      split_sizes,
+      label_names=[str(i) for i in range(num_classes)],
+      provenance=provenance,
+      overwrite=overwrite,
+    )
   return out
 
 
-def _client_models(num_clients: int, *, alpha: float, beta: float, iid: bool, seed: int,
-                   num_features: int, num_classes: int,
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _client_models(
+  num_clients: int,
+  *,
+  alpha: float,
+  beta: float,
+  iid: bool,
+  seed: int,
+  num_features: int,
+  num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Per-client W_k [N, C, d], b_k [N, C] and feature means v_k [N, d]."""
   rng = _streams(seed)[1]
   d, c, n = num_features, num_classes, num_clients
@@ -188,7 +231,7 @@ def _client_models(num_clients: int, *, alpha: float, beta: float, iid: bool, se
     b = np.broadcast_to(rng.standard_normal((1, c)), (n, c))
     return w, b, np.zeros((n, d))
   u = rng.normal(0.0, alpha, n)
-  shift = rng.normal(0.0, beta, n)                                       # B_k
+  shift = rng.normal(0.0, beta, n)  # B_k
   w = u[:, None, None] + rng.standard_normal((n, c, d))
   b = u[:, None] + rng.standard_normal((n, c))
   v = shift[:, None] + rng.standard_normal((n, d))
@@ -203,9 +246,8 @@ def _streams(seed: int) -> list[np.random.Generator]:
 
 def _check_sizes_args(num_clients: int, min_size: int, max_size: int | None) -> None:
   if num_clients < 0:
-    raise ValueError(f'num_clients must be non-negative, got {num_clients}')
+    raise ValueError(f"num_clients must be non-negative, got {num_clients}")
   if min_size < 1:
-    raise ValueError(f'min_size must be >= 1 (every client needs an example), got {min_size}')
+    raise ValueError(f"min_size must be >= 1 (every client needs an example), got {min_size}")
   if max_size is not None and max_size < min_size:
-    raise ValueError(f'max_size {max_size} < min_size {min_size}')
-
+    raise ValueError(f"max_size {max_size} < min_size {min_size}")

@@ -12,7 +12,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.engine.executor import CLIENTS, Engine, place_replicated, put_host, put_rows
@@ -61,8 +62,9 @@ class Evaluator:
   def __init__(self, model: Model, engine: Engine | None = None, batch_size: int = 1024):
     self.model = model
     self.engine = engine or Engine()
-    mesh = self.engine.mesh or jax.make_mesh((1,), (CLIENTS,), axis_types=(jax.sharding.AxisType.Explicit,),
-                                             devices=jax.devices()[:1])
+    mesh = self.engine.mesh or jax.make_mesh(
+      (1,), (CLIENTS,), axis_types=(jax.sharding.AxisType.Explicit,), devices=jax.devices()[:1]
+    )
     self.mesh = mesh
     devices = int(mesh.shape[CLIENTS])
     self.batch_size = max(devices, -(-batch_size // devices) * devices)
@@ -78,14 +80,14 @@ class Evaluator:
     params = place_replicated(params, self.mesh)
     sharded = NamedSharding(self.mesh, P(CLIENTS))
     for first in range(0, len(rows), self.batch_size):
-      chunk = rows[first:first + self.batch_size]
+      chunk = rows[first : first + self.batch_size]
       n = len(chunk)
       size = self.batch_size if len(rows) > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
       pad = size - n
       # Each process reads only the examples of its own devices' share of the batch.
       batch = put_rows(dataset.features, np.pad(chunk, (0, pad), mode="edge"), sharded)
       mask = put_host(np.arange(size) < n, sharded)
-      seg = put_host(np.pad(owner[first:first + n], (0, pad)), sharded)
+      seg = put_host(np.pad(owner[first : first + n], (0, pad)), sharded)
       program = self._program(params, batch, num_segments)
       out = program(params, (batch, mask, seg))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
@@ -94,19 +96,22 @@ class Evaluator:
       host = {k: np.zeros(num_segments) for k in names}
     else:
       host = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums).items()}
-    count = host["count"][:len(index)]
+    count = host["count"][: len(index)]
     total = max(count.sum(), 1.0)
     per_client = {"count": count}
     metrics = {}
     for k in names[1:]:
-      per_client[k] = host[k][:len(index)] / np.maximum(count, 1.0)
-      metrics[k] = float(host[k][:len(index)].sum() / total)
+      per_client[k] = host[k][: len(index)] / np.maximum(count, 1.0)
+      metrics[k] = float(host[k][: len(index)].sum() / total)
     metrics["num_examples"] = float(count.sum())
     return EvalResult(metrics, per_client, np.asarray(dataset.client_ids)[index])
 
   def _program(self, params, batch, num_segments):
-    key = (jax.tree.structure(params), tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())),
-           num_segments)  # (shapes only: the batch values change every call)
+    key = (
+      jax.tree.structure(params),
+      tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())),
+      num_segments,
+    )  # (shapes only: the batch values change every call)
     if key not in self._programs:
       model = self.model
 
@@ -119,5 +124,3 @@ class Evaluator:
       fn = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(CLIENTS)), out_specs=P(), check_vma=False)
       self._programs[key] = jax.jit(fn)
     return self._programs[key]
-
-

@@ -31,12 +31,14 @@ import dataclasses
 import functools
 import os
 import threading
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, CohortPart, chunk_sizes
@@ -93,6 +95,7 @@ class ClientError(RuntimeError):
 
 def run_client(program: ClientProgram, shared, batch, mask, num_examples, rng, unroll: int | bool = 1) -> ClientOutput:
   """One client's whole local work: ``init``, a ``scan`` of ``step`` over its steps, ``finish``."""
+
   def body(carry, xs):
     b, m, s = xs
     return program.step(shared, carry, b, m, jax.random.fold_in(rng, s)), None
@@ -210,16 +213,21 @@ def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
 
 def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
   """Places ``features[rows]`` sharded over the leading axis, reading only this process's rows."""
+
   def put(x):
     def shard(index):
       r = rows[index[0]]
       return np.asarray(x[r.reshape(-1)]).reshape(r.shape + x.shape[1:])
+
     return jax.make_array_from_callback(rows.shape + x.shape[1:], sharding, shard)
+
   with jax.transfer_guard_host_to_device("allow"):
     if jax.process_count() == 1:
       flat = rows.reshape(-1)
-      return {name: jax.device_put(np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]), sharding)
-              for name, x in features.items()}
+      return {
+        name: jax.device_put(np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]), sharding)
+        for name, x in features.items()
+      }
     return {name: put(x) for name, x in features.items()}
 
 
@@ -245,9 +253,14 @@ class Engine:
     aggregate, per_client = engine.run(program, params, cohort, jax.random.key(0))
   """
 
-  def __init__(self, backend: str = "vmap", mesh: jax.sharding.Mesh | None = None,
-               max_clients_per_chunk: int | None = None, memory_budget_bytes: int | None = None,
-               scan_unroll: int | bool | None = None):
+  def __init__(
+    self,
+    backend: str = "vmap",
+    mesh: jax.sharding.Mesh | None = None,
+    max_clients_per_chunk: int | None = None,
+    memory_budget_bytes: int | None = None,
+    scan_unroll: int | bool | None = None,
+  ):
     if backend not in BACKENDS:
       raise ValueError(f"unknown engine backend {backend!r}; expected one of {BACKENDS}")
     if max_clients_per_chunk is not None and max_clients_per_chunk < 1:
@@ -274,8 +287,9 @@ class Engine:
     """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
     return tree if self.mesh is None else place_replicated(tree, self.mesh)
 
-  def run(self, program: ClientProgram, shared: PyTree, cohort: Cohort,
-          rng: PRNGKey) -> tuple[Aggregate, dict[str, np.ndarray]]:
+  def run(
+    self, program: ClientProgram, shared: PyTree, cohort: Cohort, rng: PRNGKey
+  ) -> tuple[Aggregate, dict[str, np.ndarray]]:
     """Runs every client's local work and reduces the weighted updates.
 
     Args:
@@ -310,8 +324,9 @@ class Engine:
         chunk = _pad_lanes(_slice_lanes(lanes, start, min(start + size, part.num_lanes)), size)
         start += size
         compiled, zeros = self._program(program, shared, chunk, features, rng)
-        acc, metrics, nonfinite = compiled(zeros() if acc is None else acc, shared,
-                                           self._put_sharded(chunk, features), rng)
+        acc, metrics, nonfinite = compiled(
+          zeros() if acc is None else acc, shared, self._put_sharded(chunk, features), rng
+        )
         results.append((chunk, metrics, nonfinite))
         self.stats.chunks += 1
         self.stats.computed_example_steps += chunk.mask.size
@@ -323,8 +338,9 @@ class Engine:
     sharding = NamedSharding(self.mesh, P(CLIENTS))
     small = tuple(x for x in lanes[1:] if x is not None)
     if abstract:
-      batch = {k: jax.ShapeDtypeStruct(lanes.rows.shape + x.shape[1:], x.dtype, sharding=sharding)
-               for k, x in features.items()}
+      batch = {
+        k: jax.ShapeDtypeStruct(lanes.rows.shape + x.shape[1:], x.dtype, sharding=sharding) for k, x in features.items()
+      }
       return (batch,) + tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) for x in small)
     return (put_rows(features, lanes.rows, sharding),) + tuple(put_host(x, sharding) for x in small)
 
@@ -347,8 +363,9 @@ class Engine:
     def one_client_lanes(shared, data, rng):
       batch, mask, owner, num_examples, weight = data
       keys = jax.vmap(_client_key, in_axes=(None, 0))(rng, owner)
-      out = jax.vmap(functools.partial(run_client, program, unroll=self._unroll(mask.shape[1])),
-                     in_axes=(None, 0, 0, 0, 0))(shared, batch, mask, num_examples, keys)
+      out = jax.vmap(
+        functools.partial(run_client, program, unroll=self._unroll(mask.shape[1])), in_axes=(None, 0, 0, 0, 0)
+      )(shared, batch, mask, num_examples, keys)
       weighted, w, nonfinite = jax.vmap(_weigh)(out, weight, owner != IDLE)
       return Aggregate(weighted, w, nonfinite.astype(jnp.int32)), out.metrics, nonfinite
 
@@ -370,7 +387,8 @@ class Engine:
           return (carry, acc), (out.metrics, nonfinite)
 
         (_, acc), (metrics, nonfinite) = jax.lax.scan(
-            body, (carry, acc), (batch, mask, owner, start, end, local_step, num_examples, weight))
+          body, (carry, acc), (batch, mask, owner, start, end, local_step, num_examples, weight)
+        )
         return acc, metrics, nonfinite
 
       return jax.vmap(lane)(*data)
@@ -386,8 +404,9 @@ class Engine:
     # check_vma=False: client programs create constants (zeros for their running sums) that the
     # varying-axes checker would ask every algorithm author to pcast; the collectives here are a
     # psum of genuinely per-device partial sums and an all_gather, which need no such typing.
-    sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(CLIENTS), P()),
-                            out_specs=(P(), P(), P()), check_vma=False)
+    sharded = jax.shard_map(
+      per_shard, mesh=mesh, in_specs=(P(), P(CLIENTS), P()), out_specs=(P(), P(), P()), check_vma=False
+    )
 
     def step(acc, shared, data, rng):
       total, metrics, nonfinite = sharded(shared, data, rng)
@@ -445,15 +464,18 @@ class Engine:
     key = ("loop", program)
     with self._lock:
       if key not in self._programs:
-        self._programs[key] = (jax.jit(functools.partial(_contribution, program)),
-                               jax.jit(_accumulate, donate_argnums=(0,)))
+        self._programs[key] = (
+          jax.jit(functools.partial(_contribution, program)),
+          jax.jit(_accumulate, donate_argnums=(0,)),
+        )
       contribution, accumulate = self._programs[key]
     return self._per_client_run(contribution, accumulate, shared, cohort, rng, tag_errors=False)
 
   def _run_debug(self, program, shared, cohort, rng):
     with jax.disable_jit():
-      return self._per_client_run(functools.partial(_contribution, program), _accumulate, shared, cohort, rng,
-                                  tag_errors=True)
+      return self._per_client_run(
+        functools.partial(_contribution, program), _accumulate, shared, cohort, rng, tag_errors=True
+      )
 
   def _per_client_run(self, contribution, accumulate, shared, cohort, rng, tag_errors):
     """Each client's steps, cut out of its lane and padded to the lane length (one shape a part)."""
@@ -471,13 +493,15 @@ class Engine:
         batch = {name: _pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
         mask = _pad_steps(part.mask[lane, first:stop], steps)
         try:
-          weighted, w, nf, m = contribution(shared, batch, mask, cohort.num_examples[k], cohort.weights[k],
-                                            _client_key(rng, k))
+          weighted, w, nf, m = contribution(
+            shared, batch, mask, cohort.num_examples[k], cohort.weights[k], _client_key(rng, k)
+          )
         except Exception as e:  # Tag the failure with the client; keep the original as the cause.
           if not tag_errors:
             raise
-          raise ClientError(f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: "
-                            f"{type(e).__name__}: {e}") from e
+          raise ClientError(
+            f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: {type(e).__name__}: {e}"
+          ) from e
         contrib = Aggregate(weighted, w, nf.astype(jnp.int32))
         acc = contrib if acc is None else accumulate(acc, contrib)
         metrics.append(m)
@@ -486,8 +510,9 @@ class Engine:
         self.stats.computed_example_steps += steps * part.batch_size
       if owners:
         metrics, nonfinite = jax.device_get((metrics, nonfinite))
-        results.append((np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]},
-                        np.array(nonfinite)))
+        results.append(
+          (np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]}, np.array(nonfinite))
+        )
     return acc, results
 
 
@@ -515,11 +540,15 @@ def _pad_lanes(lanes: _HostLanes, size: int) -> _HostLanes:
     return np.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
 
   return _HostLanes(
-      pad(lanes.rows, lanes.rows.flat[0]), pad(lanes.mask, False), pad(lanes.owner, IDLE),
-      None if lanes.start is None else pad(lanes.start, True),
-      None if lanes.end is None else pad(lanes.end, True),
-      None if lanes.local_step is None else pad(lanes.local_step),
-      pad(lanes.num_examples), pad(lanes.weight))
+    pad(lanes.rows, lanes.rows.flat[0]),
+    pad(lanes.mask, False),
+    pad(lanes.owner, IDLE),
+    None if lanes.start is None else pad(lanes.start, True),
+    None if lanes.end is None else pad(lanes.end, True),
+    None if lanes.local_step is None else pad(lanes.local_step),
+    pad(lanes.num_examples),
+    pad(lanes.weight),
+  )
 
 
 def _zero_aggregate(program, shared, rng) -> Aggregate:

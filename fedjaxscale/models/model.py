@@ -7,7 +7,8 @@ examples (partial last batches, padding clients) must never reach a loss or a me
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -74,25 +75,27 @@ class Model:
 def softmax_cross_entropy(label_key: str = "y") -> PerExampleFn:
   def fn(batch, logits):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch[label_key])
+
   return fn
 
 
 def accuracy(label_key: str = "y") -> PerExampleFn:
   def fn(batch, logits):
     return (jnp.argmax(logits, axis=-1) == batch[label_key]).astype(jnp.float32)
+
   return fn
 
 
 def from_linen(
-    module: nn.Module,
-    sample_batch: Mapping[str, Any],
-    *,
-    input_keys: Sequence[str] = ("x",),
-    label_key: str = "y",
-    num_classes: int | None = None,
-    per_example_loss: PerExampleFn | None = None,
-    metrics: Mapping[str, PerExampleFn] | None = None,
-    name: str | None = None,
+  module: nn.Module,
+  sample_batch: Mapping[str, Any],
+  *,
+  input_keys: Sequence[str] = ("x",),
+  label_key: str = "y",
+  num_classes: int | None = None,
+  per_example_loss: PerExampleFn | None = None,
+  metrics: Mapping[str, PerExampleFn] | None = None,
+  name: str | None = None,
 ) -> Model:
   """Wraps a flax linen classifier whose ``__call__(*inputs, train)`` returns logits.
 
@@ -126,12 +129,12 @@ def from_linen(
     return module.apply({"params": params}, *(batch[k] for k in input_keys), train=train, rngs=rngs)
 
   return Model(
-      init=init,
-      apply=apply,
-      per_example_loss=per_example_loss or softmax_cross_entropy(label_key),
-      metrics=dict(metrics) if metrics is not None else {"accuracy": accuracy(label_key)},
-      input_keys=input_keys,
-      label_key=label_key,
-      num_classes=num_classes,
-      name=name or type(module).__name__,
+    init=init,
+    apply=apply,
+    per_example_loss=per_example_loss or softmax_cross_entropy(label_key),
+    metrics=dict(metrics) if metrics is not None else {"accuracy": accuracy(label_key)},
+    input_keys=input_keys,
+    label_key=label_key,
+    num_classes=num_classes,
+    name=name or type(module).__name__,
   )

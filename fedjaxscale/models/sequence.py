@@ -41,7 +41,8 @@ wrote. Accuracy variants (all excluding pad targets):
   as a miss.
 """
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -179,13 +180,13 @@ def sequence_metrics(tokens: SpecialTokens, label_key: str = "y") -> dict:
     return (ce * _target_mask(y, (pad,))).sum(-1)
 
   return {
-      "accuracy": sequence_accuracy((pad,), label_key=label_key),
-      "accuracy_no_oov": sequence_accuracy((pad, oov), label_key=label_key),
-      "accuracy_no_oov_or_eos": sequence_accuracy((pad, oov, eos), label_key=label_key),
-      "accuracy_in_vocab": sequence_accuracy((pad, eos), masked_logits=(pad, bos, eos, oov), label_key=label_key),
-      "num_tokens": num_tokens,
-      "num_correct": num_correct,
-      "sum_token_loss": sum_token_loss,
+    "accuracy": sequence_accuracy((pad,), label_key=label_key),
+    "accuracy_no_oov": sequence_accuracy((pad, oov), label_key=label_key),
+    "accuracy_no_oov_or_eos": sequence_accuracy((pad, oov, eos), label_key=label_key),
+    "accuracy_in_vocab": sequence_accuracy((pad, eos), masked_logits=(pad, bos, eos, oov), label_key=label_key),
+    "num_tokens": num_tokens,
+    "num_correct": num_correct,
+    "sum_token_loss": sum_token_loss,
   }
 
 
@@ -201,12 +202,19 @@ def _sequence_model(vocab_size, embed_dim, lstm_sizes, projection, tokens, name)
   num_classes = vocab_size + 4
   _check_tokens(tokens, num_classes)
   module = RecurrentLM(num_classes, embed_dim, tuple(lstm_sizes), projection)
-  return from_linen(module, {"x": np.zeros((1, 1), np.int32)}, num_classes=num_classes,
-                    per_example_loss=sequence_cross_entropy(tokens.pad), metrics=sequence_metrics(tokens), name=name)
+  return from_linen(
+    module,
+    {"x": np.zeros((1, 1), np.int32)},
+    num_classes=num_classes,
+    per_example_loss=sequence_cross_entropy(tokens.pad),
+    metrics=sequence_metrics(tokens),
+    name=name,
+  )
 
 
-def shakespeare_lstm(vocab_size: int = 80, embed_dim: int = 8, lstm_sizes: Sequence[int] = (256, 256), *,
-                     pad_id: int | None = None) -> Model:
+def shakespeare_lstm(
+  vocab_size: int = 80, embed_dim: int = 8, lstm_sizes: Sequence[int] = (256, 256), *, pad_id: int | None = None
+) -> Model:
   """LEAF's Shakespeare next-character LSTM (Caldas et al. 2018, arXiv:1812.01097).
 
   Embedding 8, two LSTM layers of 256, a dense layer over the 80 LEAF characters, applied to the
@@ -238,8 +246,13 @@ def shakespeare_lstm(vocab_size: int = 80, embed_dim: int = 8, lstm_sizes: Seque
   return from_linen(module, {"x": np.zeros((1, 1), np.int32)}, num_classes=vocab_size, name="shakespeare_lstm")
 
 
-def shakespeare_seq_lstm(vocab_size: int = 86, embed_dim: int = 8, lstm_sizes: Sequence[int] = (256, 256), *,
-                         tokens: SpecialTokens | None = None) -> Model:
+def shakespeare_seq_lstm(
+  vocab_size: int = 86,
+  embed_dim: int = 8,
+  lstm_sizes: Sequence[int] = (256, 256),
+  *,
+  tokens: SpecialTokens | None = None,
+) -> Model:
   """The Shakespeare character LSTM as FedJAX and TFF train it: next character at every position.
 
   Communication-Efficient Learning of Deep Networks from Decentralized Data. H. B. McMahan,
@@ -268,8 +281,14 @@ def shakespeare_seq_lstm(vocab_size: int = 86, embed_dim: int = 8, lstm_sizes: S
   return _sequence_model(vocab_size, embed_dim, lstm_sizes, None, tokens, "shakespeare_seq_lstm")
 
 
-def stackoverflow_lstm(vocab_size: int = 10000, embed_dim: int = 96, lstm_sizes: Sequence[int] = (670,),
-                       projection: int = 96, *, tokens: SpecialTokens | None = None) -> Model:
+def stackoverflow_lstm(
+  vocab_size: int = 10000,
+  embed_dim: int = 96,
+  lstm_sizes: Sequence[int] = (670,),
+  projection: int = 96,
+  *,
+  tokens: SpecialTokens | None = None,
+) -> Model:
   """The StackOverflow next-word LSTM of Reddi et al.
 
   Adaptive Federated Optimization. S. J. Reddi, Z. Charles, M. Zaheer, Z. Garrett, K. Rush,

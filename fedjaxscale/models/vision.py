@@ -11,7 +11,7 @@ groups.
 Images may arrive as uint8 (as converters store them) and are scaled to [0, 1] in the network.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -80,13 +80,14 @@ class ResNetGN(nn.Module):
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(self.width * 2 ** i, strides, self.groups, name=f"stage{i + 1}_block{j + 1}")(x)
+        x = BasicBlock(self.width * 2**i, strides, self.groups, name=f"stage{i + 1}_block{j + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def resnet18_gn(num_classes: int, *, groups: int = 2, width: int = 64, stem: str = "auto",
-                image_shape: Sequence[int] = (32, 32, 3)) -> Model:
+def resnet18_gn(
+  num_classes: int, *, groups: int = 2, width: int = 64, stem: str = "auto", image_shape: Sequence[int] = (32, 32, 3)
+) -> Model:
   """ResNet-18 with group normalisation, FedScale's model class for FEMNIST and OpenImage.
 
   Deep Residual Learning for Image Recognition. K. He, X. Zhang, S. Ren, J. Sun. CVPR 2016,
@@ -118,14 +119,15 @@ def resnet18_gn(num_classes: int, *, groups: int = 2, width: int = 64, stem: str
   """
   if stem not in STEMS:
     raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-  for w in (width * 2 ** i for i in range(4)):
+  for w in (width * 2**i for i in range(4)):
     if w % groups:
       raise ValueError(f"groups={groups} must divide every stage width, got width={width}")
   if stem == "auto":
     stem = "cifar" if min(image_shape[:2]) < 64 else "imagenet"
   sample = np.zeros((1, *image_shape), np.float32)
-  return from_linen(ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem), {"x": sample},
-                    num_classes=num_classes, name="resnet18_gn")
+  return from_linen(
+    ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem), {"x": sample}, num_classes=num_classes, name="resnet18_gn"
+  )
 
 
 class SpeechCNN(nn.Module):
@@ -159,8 +161,14 @@ class SpeechCNN(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
-def speech_cnn(num_classes: int = 35, *, channels: Sequence[int] = (32, 64, 128, 128), groups: int = 8,
-               num_mels: int = 40, normalize: bool = True) -> Model:
+def speech_cnn(
+  num_classes: int = 35,
+  *,
+  channels: Sequence[int] = (32, 64, 128, 128),
+  groups: int = 8,
+  num_mels: int = 40,
+  normalize: bool = True,
+) -> Model:
   """A small CNN for keyword spotting on log-mel features (Google Speech Commands, 35 words).
 
   In the spirit of small-footprint keyword-spotting CNNs (Sainath & Parada, Interspeech 2015):
@@ -186,5 +194,9 @@ def speech_cnn(num_classes: int = 35, *, channels: Sequence[int] = (32, 64, 128,
   for c in channels:
     if c % groups:
       raise ValueError(f"groups={groups} must divide every entry of channels, got {tuple(channels)}")
-  return from_linen(SpeechCNN(num_classes, tuple(channels), groups, normalize),
-                    {"x": np.zeros((1, 8, num_mels), np.float32)}, num_classes=num_classes, name="speech_cnn")
+  return from_linen(
+    SpeechCNN(num_classes, tuple(channels), groups, normalize),
+    {"x": np.zeros((1, 8, num_mels), np.float32)},
+    num_classes=num_classes,
+    name="speech_cnn",
+  )

@@ -4,7 +4,7 @@ Images may arrive as uint8 (as converters store them): networks scale them to [0
 so normalisation runs on the device inside the compiled program, never per round in Python.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,14 +33,22 @@ class _Dense(nn.Module):
 
 def logistic_regression(num_features: int, num_classes: int) -> Model:
   """Multinomial logistic regression (the FedProx paper's model for its Synthetic data)."""
-  return from_linen(_Dense((), num_classes), {"x": np.zeros((1, num_features), np.float32)},
-                    num_classes=num_classes, name="logistic_regression")
+  return from_linen(
+    _Dense((), num_classes),
+    {"x": np.zeros((1, num_features), np.float32)},
+    num_classes=num_classes,
+    name="logistic_regression",
+  )
 
 
 def mlp(num_features: int, num_classes: int, hidden: Sequence[int] = (200, 200)) -> Model:
   """A ReLU multi-layer perceptron (McMahan et al. 2017's 2NN uses hidden=(200, 200))."""
-  return from_linen(_Dense(tuple(hidden), num_classes), {"x": np.zeros((1, num_features), np.float32)},
-                    num_classes=num_classes, name="mlp")
+  return from_linen(
+    _Dense(tuple(hidden), num_classes),
+    {"x": np.zeros((1, num_features), np.float32)},
+    num_classes=num_classes,
+    name="mlp",
+  )
 
 
 class FemnistCNN(nn.Module):
@@ -68,8 +76,12 @@ def femnist_cnn(num_classes: int = 62, dense: int = 2048) -> Model:
 
   Inputs ``x``: ``[batch, 28, 28]`` or ``[batch, 28, 28, 1]``, uint8 or float in [0, 1].
   """
-  return from_linen(FemnistCNN(num_classes, dense), {"x": np.zeros((1, 28, 28, 1), np.float32)},
-                    num_classes=num_classes, name="femnist_cnn")
+  return from_linen(
+    FemnistCNN(num_classes, dense),
+    {"x": np.zeros((1, 28, 28, 1), np.float32)},
+    num_classes=num_classes,
+    name="femnist_cnn",
+  )
 
 
 def femnist_cnn_flops_per_example(dense: int = 2048, num_classes: int = 62) -> int:

@@ -14,7 +14,7 @@ class Clock:
 
   def __init__(self, now: float = 0.0):
     if not math.isfinite(now) or now < 0:
-      raise ValueError(f'clock must start at a finite time >= 0, got {now}')
+      raise ValueError(f"clock must start at a finite time >= 0, got {now}")
     self._now = float(now)
 
   @property
@@ -25,5 +25,5 @@ class Clock:
     """Moves the clock to ``t``; raises if that is in the past."""
     t = float(t)
     if not t >= self._now or math.isnan(t):
-      raise ValueError(f'the clock cannot go back from {self._now} to {t}')
+      raise ValueError(f"the clock cannot go back from {self._now} to {t}")
     self._now = t

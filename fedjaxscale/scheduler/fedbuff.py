@@ -32,11 +32,10 @@ from fedjaxscale.scheduler.selection import SelectionPolicy, UniformSelection
 from fedjaxscale.systems.latency import LatencyModel
 from fedjaxscale.systems.traces import SystemTraces
 
-AVAILABILITY_MODES = ('window', 'start', 'endpoints')
+AVAILABILITY_MODES = ("window", "start", "endpoints")
 _PENDING = -1
 # Record columns.
-_CLIENT, _VERSION, _START, _DL, _COMP, _UL, _END, _OK, _STATUS, _ARRIVAL = (
-    range(10))
+_CLIENT, _VERSION, _START, _DL, _COMP, _UL, _END, _OK, _STATUS, _ARRIVAL = range(10)
 _FLOAT_COLS = (_START, _DL, _COMP, _UL, _END)
 
 
@@ -56,17 +55,16 @@ class AsyncConfig:
   buffer_size: int
   max_concurrency: int
   max_staleness: int = 5
-  availability_mode: str = 'window'
+  availability_mode: str = "window"
   max_events: int = 1_000_000
 
   def __post_init__(self):
     if self.buffer_size < 1 or self.max_concurrency < 1:
-      raise ValueError('need buffer_size >= 1 and max_concurrency >= 1')
+      raise ValueError("need buffer_size >= 1 and max_concurrency >= 1")
     if self.max_staleness < 0:
-      raise ValueError('max_staleness must be >= 0')
+      raise ValueError("max_staleness must be >= 0")
     if self.availability_mode not in AVAILABILITY_MODES:
-      raise ValueError(f'availability_mode must be one of '
-                       f'{AVAILABILITY_MODES}')
+      raise ValueError(f"availability_mode must be one of {AVAILABILITY_MODES}")
 
 
 class AsyncPlanner:
@@ -81,31 +79,36 @@ class AsyncPlanner:
     >>> plan = planner.next_plan()   # cohort of version 0, then step 0
   """
 
-  def __init__(self, traces: SystemTraces, latency: LatencyModel,
-               config: AsyncConfig, num_samples=None,
-               policy: SelectionPolicy | None = None, seed: int = 0,
-               start_time: float = 0.0):
+  def __init__(
+    self,
+    traces: SystemTraces,
+    latency: LatencyModel,
+    config: AsyncConfig,
+    num_samples=None,
+    policy: SelectionPolicy | None = None,
+    seed: int = 0,
+    start_time: float = 0.0,
+  ):
     self.traces = traces
     self.latency = latency
     self.config = config
-    self.num_samples = (None if num_samples is None else
-                        np.asarray(num_samples, np.int64))
+    self.num_samples = None if num_samples is None else np.asarray(num_samples, np.int64)
     self.policy = policy if policy is not None else UniformSelection()
     self.rng = rng_lib.make_rng(seed)
     self._reset(float(start_time))
 
   def _reset(self, time: float):
-    self.time = time          # time of the last processed event
-    self.version = 0          # current server model version
-    self.buffered = 0         # updates in the current buffer
-    self.events = 0           # events processed so far
-    self.next_emit = 0        # next cohort version to hand out
+    self.time = time  # time of the last processed event
+    self.version = 0  # current server model version
+    self.buffered = 0  # updates in the current buffer
+    self.events = 0  # events processed so far
+    self.next_emit = 0  # next cohort version to hand out
     self._next_id = 0
-    self._records: dict[int, list] = {}   # record id -> columns
+    self._records: dict[int, list] = {}  # record id -> columns
     self._heap: list[tuple[float, int]] = []  # (end time, record id)
     self._busy = np.zeros(self.traces.num_clients, bool)
     self._unresolved: dict[int, int] = {}  # start version -> pending count
-    self._steps: dict[int, list] = {}      # step -> [time, [record ids]]
+    self._steps: dict[int, list] = {}  # step -> [time, [record ids]]
 
   # ------------------------------------------------------------------ API
 
@@ -118,9 +121,10 @@ class AsyncPlanner:
       budget -= 1
       if budget <= 0:
         raise RuntimeError(
-            f'cohort {v} not complete after {self.config.max_events} events '
-            f'(server version {self.version}): can any client finish within '
-            'its availability?')
+          f"cohort {v} not complete after {self.config.max_events} events "
+          f"(server version {self.version}): can any client finish within "
+          "its availability?"
+        )
     ids = sorted(i for i, r in self._records.items() if r[_VERSION] == v)
     recs = [self._records[i] for i in ids]
     cols = list(zip(*recs)) if recs else [()] * 10
@@ -135,8 +139,7 @@ class AsyncPlanner:
     dropped = status == Status.DROPPED
     staleness = np.where(dropped, -1, arrival - v)
     arrival = np.where(status == Status.ACCEPTED, arrival, -1)
-    weight = np.where(status == Status.ACCEPTED,
-                      1.0 / np.sqrt(1.0 + np.maximum(staleness, 0)), 0.0)
+    weight = np.where(status == Status.ACCEPTED, 1.0 / np.sqrt(1.0 + np.maximum(staleness, 0)), 0.0)
     step_time, members = self._steps.pop(v)
     step_recs = members
     for i in ids:
@@ -145,21 +148,27 @@ class AsyncPlanner:
     self.next_emit += 1
     sv = np.asarray([r[1] for r in step_recs], np.int64)
     return AsyncPlan(
-        version=v, clients=clients, status=status, start=start,
-        download_end=dl_end, compute_end=comp_end,
-        finish=np.asarray(cols[_END], np.float64), arrival_step=arrival,
-        staleness=staleness.astype(np.int64), weight=weight,
-        step_time=float(step_time),
-        step_clients=np.asarray([r[0] for r in step_recs], np.int64),
-        step_start_versions=sv,
-        step_weights=1.0 / np.sqrt(1.0 + (v - sv)))
+      version=v,
+      clients=clients,
+      status=status,
+      start=start,
+      download_end=dl_end,
+      compute_end=comp_end,
+      finish=np.asarray(cols[_END], np.float64),
+      arrival_step=arrival,
+      staleness=staleness.astype(np.int64),
+      weight=weight,
+      step_time=float(step_time),
+      step_clients=np.asarray([r[0] for r in step_recs], np.int64),
+      step_start_versions=sv,
+      step_weights=1.0 / np.sqrt(1.0 + (v - sv)),
+    )
 
   def report(self, plan: AsyncPlan, mean_sq_losses) -> None:
     """Feeds the accepted clients' losses (aligned with ``plan.accepted``)
     back to the policy."""
     ok = plan.status == Status.ACCEPTED
-    self.policy.update(plan.version, plan.clients[ok], mean_sq_losses,
-                       plan.finish[ok] - plan.start[ok])
+    self.policy.update(plan.version, plan.clients[ok], mean_sq_losses, plan.finish[ok] - plan.start[ok])
 
   # ------------------------------------------------------------------ events
 
@@ -170,9 +179,8 @@ class AsyncPlanner:
       if not self._heap:
         t = self.traces.availability.next_online_time(self.time)
         if not math.isfinite(t):
-          raise RuntimeError('no client is ever online in these traces')
-        self.time = t if t > self.time else math.nextafter(self.time,
-                                                           math.inf)
+          raise RuntimeError("no client is ever online in these traces")
+        self.time = t if t > self.time else math.nextafter(self.time, math.inf)
         self._refill(self.time)
       return
     end, rid = heapq.heappop(self._heap)
@@ -204,14 +212,13 @@ class AsyncPlanner:
     if need <= 0:
       return
     av = self.traces.availability
-    clients = self.policy.select(self.rng, av, t, need, self.version,
-                                 exclude=self._busy)
+    clients = self.policy.select(self.rng, av, t, need, self.version, exclude=self._busy)
     if clients.size == 0:
       return
     lat = self.latency.latency(self.traces, clients, self.num_samples)
     finish = t + lat.total
     mode = self.config.availability_mode
-    if mode == 'window':
+    if mode == "window":
       until = av.online_until(clients, t)
       # A client at the very end of its on-slot would drop at once, at the
       # same time, and could be picked again forever: do not start it.
@@ -223,7 +230,7 @@ class AsyncPlanner:
           return
       ok = finish <= until
       end = np.where(ok, finish, until)
-    elif mode == 'endpoints':
+    elif mode == "endpoints":
       ok = av.is_online(clients, finish)
       end = finish
     else:
@@ -235,9 +242,18 @@ class AsyncPlanner:
     for i in range(clients.size):
       rid = self._next_id
       self._next_id += 1
-      self._records[rid] = [int(clients[i]), v, t, float(lat.download[i]),
-                            float(lat.compute[i]), float(lat.upload[i]),
-                            float(end[i]), bool(ok[i]), _PENDING, -1]
+      self._records[rid] = [
+        int(clients[i]),
+        v,
+        t,
+        float(lat.download[i]),
+        float(lat.compute[i]),
+        float(lat.upload[i]),
+        float(end[i]),
+        bool(ok[i]),
+        _PENDING,
+        -1,
+      ]
       heapq.heappush(self._heap, (float(end[i]), rid))
 
   # ------------------------------------------------------------------ state
@@ -250,47 +266,44 @@ class AsyncPlanner:
     steps = sorted(self._steps)
     members = [m for s in steps for m in self._steps[s][1]]
     return {
-        'time': self.time, 'version': self.version, 'buffered': self.buffered,
-        'events': self.events, 'next_emit': self.next_emit,
-        'next_id': self._next_id,
-        'rng': rng_lib.rng_state_dict(self.rng),
-        'policy': self.policy.state_dict(),
-        'record_ids': ids,
-        'records_int': np.array(
-            [cols[c] for c in (_CLIENT, _VERSION, _OK, _STATUS, _ARRIVAL)],
-            np.int64).reshape(5, len(recs)),
-        'records_float': np.array([cols[c] for c in _FLOAT_COLS],
-                                  np.float64).reshape(5, len(recs)),
-        'step_index': np.array(steps, np.int64),
-        'step_time': np.array([np.nan if self._steps[s][0] is None else
-                               self._steps[s][0] for s in steps], np.float64),
-        'step_count': np.array([len(self._steps[s][1]) for s in steps],
-                               np.int64),
-        'step_members': np.array(members, np.int64).reshape(len(members), 2),
+      "time": self.time,
+      "version": self.version,
+      "buffered": self.buffered,
+      "events": self.events,
+      "next_emit": self.next_emit,
+      "next_id": self._next_id,
+      "rng": rng_lib.rng_state_dict(self.rng),
+      "policy": self.policy.state_dict(),
+      "record_ids": ids,
+      "records_int": np.array([cols[c] for c in (_CLIENT, _VERSION, _OK, _STATUS, _ARRIVAL)], np.int64).reshape(
+        5, len(recs)
+      ),
+      "records_float": np.array([cols[c] for c in _FLOAT_COLS], np.float64).reshape(5, len(recs)),
+      "step_index": np.array(steps, np.int64),
+      "step_time": np.array([np.nan if self._steps[s][0] is None else self._steps[s][0] for s in steps], np.float64),
+      "step_count": np.array([len(self._steps[s][1]) for s in steps], np.int64),
+      "step_members": np.array(members, np.int64).reshape(len(members), 2),
     }
 
   def load_state_dict(self, state: dict) -> None:
-    self._reset(float(state['time']))
-    for k in ('version', 'buffered', 'events', 'next_emit'):
+    self._reset(float(state["time"]))
+    for k in ("version", "buffered", "events", "next_emit"):
       setattr(self, k, int(state[k]))
-    self._next_id = int(state['next_id'])
-    self.rng = rng_lib.rng_from_state_dict(state['rng'])
-    self.policy.load_state_dict(state['policy'])
-    ints, floats = state['records_int'], state['records_float']
-    for j, rid in enumerate(np.asarray(state['record_ids']).tolist()):
+    self._next_id = int(state["next_id"])
+    self.rng = rng_lib.rng_from_state_dict(state["rng"])
+    self.policy.load_state_dict(state["policy"])
+    ints, floats = state["records_int"], state["records_float"]
+    for j, rid in enumerate(np.asarray(state["record_ids"]).tolist()):
       client, version, ok, status, arrival = (int(x) for x in ints[:, j])
       start, dl, comp, ul, end = (float(x) for x in floats[:, j])
-      self._records[rid] = [client, version, start, dl, comp, ul, end,
-                            bool(ok), status, arrival]
+      self._records[rid] = [client, version, start, dl, comp, ul, end, bool(ok), status, arrival]
       if status == _PENDING:
         self._heap.append((end, rid))
         self._busy[client] = True
         self._unresolved[version] = self._unresolved.get(version, 0) + 1
     heapq.heapify(self._heap)
-    members = [tuple(int(x) for x in m) for m in state['step_members']]
+    members = [tuple(int(x) for x in m) for m in state["step_members"]]
     pos = 0
-    for s, t, c in zip(state['step_index'].tolist(),
-                       state['step_time'].tolist(),
-                       state['step_count'].tolist()):
-      self._steps[s] = [None if math.isnan(t) else t, members[pos:pos + c]]
+    for s, t, c in zip(state["step_index"].tolist(), state["step_time"].tolist(), state["step_count"].tolist()):
+      self._steps[s] = [None if math.isnan(t) else t, members[pos : pos + c]]
       pos += c

@@ -49,33 +49,42 @@ class OortSelection(SelectionPolicy):
     samples_cap: cap on trained distinct samples (None: no cap).
   """
 
-  name = 'oort'
+  name = "oort"
 
-  def __init__(self, num_samples, expected_durations, *,
-               samples_cap: int | None = None,
-               exploration_factor: float = 0.9,
-               exploration_decay: float = 0.98,
-               exploration_min: float = 0.3,
-               round_threshold: float = 30.0,
-               round_penalty: float = 2.0,
-               cut_off_util: float = 0.05,
-               sample_window: float = 5.0,
-               pacer_step: int = 20,
-               pacer_delta: float = 5.0,
-               clip_bound: float = 0.98):
+  def __init__(
+    self,
+    num_samples,
+    expected_durations,
+    *,
+    samples_cap: int | None = None,
+    exploration_factor: float = 0.9,
+    exploration_decay: float = 0.98,
+    exploration_min: float = 0.3,
+    round_threshold: float = 30.0,
+    round_penalty: float = 2.0,
+    cut_off_util: float = 0.05,
+    sample_window: float = 5.0,
+    pacer_step: int = 20,
+    pacer_delta: float = 5.0,
+    clip_bound: float = 0.98,
+  ):
     num_samples = np.asarray(num_samples, np.float64)
-    self.samples = (num_samples if samples_cap is None else
-                    np.minimum(num_samples, samples_cap))
+    self.samples = num_samples if samples_cap is None else np.minimum(num_samples, samples_cap)
     n = self.samples.size
-    self.hp = dict(exploration_decay=exploration_decay,
-                   exploration_min=exploration_min,
-                   round_penalty=round_penalty, cut_off_util=cut_off_util,
-                   sample_window=sample_window, pacer_step=pacer_step,
-                   pacer_delta=pacer_delta, clip_bound=clip_bound)
+    self.hp = dict(
+      exploration_decay=exploration_decay,
+      exploration_min=exploration_min,
+      round_penalty=round_penalty,
+      cut_off_util=cut_off_util,
+      sample_window=sample_window,
+      pacer_step=pacer_step,
+      pacer_delta=pacer_delta,
+      clip_bound=clip_bound,
+    )
     self.reward = self.samples.copy()
     self.duration = np.asarray(expected_durations, np.float64).copy()
     if self.duration.shape != (n,):
-      raise ValueError('expected_durations must align with num_samples')
+      raise ValueError("expected_durations must align with num_samples")
     self.last_round = np.zeros(n, np.int64)
     self.count = np.zeros(n, np.int64)
     self.exploration = float(exploration_factor)
@@ -114,8 +123,7 @@ class OortSelection(SelectionPolicy):
       d = self.duration[who]
       slow = d > prefer
       if prefer < math.inf and slow.any():
-        x = np.where(slow, x * (prefer / np.maximum(1e-4, d)) **
-                     hp['round_penalty'], x)
+        x = np.where(slow, x * (prefer / np.maximum(1e-4, d)) ** hp["round_penalty"], x)
       return x
 
     cand = np.flatnonzero(feasible)
@@ -123,20 +131,19 @@ class OortSelection(SelectionPolicy):
     positive = np.sort(rewards[rewards > 0])
     explored = cand[self.count[cand] > 0]
     exploit = np.zeros(0, np.int64)
-    self.exploration = max(self.exploration * hp['exploration_decay'],
-                           hp['exploration_min'])
+    self.exploration = max(self.exploration * hp["exploration_decay"], hp["exploration_min"])
     explore_len = int(num * self.exploration)
     if explored.size and positive.size:
-      clip = positive[min(int(positive.size * hp['clip_bound']),
-                          positive.size - 1)]
+      clip = positive[min(int(positive.size * hp["clip_bound"]), positive.size - 1)]
       u_max, u_min = positive[-1], positive[0] * 0.999
       u_range = max(u_max - u_min, 1e-4)
-      sc = ((np.minimum(self.reward[explored], clip) - u_min) / u_range +
-            np.sqrt(0.1 * math.log(cur) / self.last_round[explored]))
+      sc = (np.minimum(self.reward[explored], clip) - u_min) / u_range + np.sqrt(
+        0.1 * math.log(cur) / self.last_round[explored]
+      )
       sc = np.abs(penalised(sc, explored))
       exploit_len = min(num - explore_len, explored.size)
-      order = np.argsort(-sc, kind='stable')
-      cut = sc[order[min(exploit_len, order.size - 1)]] * hp['cut_off_util']
+      order = np.argsort(-sc, kind="stable")
+      cut = sc[order[min(exploit_len, order.size - 1)]] * hp["cut_off_util"]
       above = int((sc >= cut).sum())
       take = min(max(above, 10 * exploit_len + 1), order.size)
       pool = order[:take]
@@ -147,8 +154,8 @@ class OortSelection(SelectionPolicy):
     if unexplored.size:
       init = penalised(self.reward[unexplored], unexplored)
       explore_len = min(unexplored.size, num - exploit.size)
-      window = min(int(hp['sample_window'] * explore_len), unexplored.size)
-      top = np.argsort(-init, kind='stable')[:window]
+      window = min(int(hp["sample_window"] * explore_len), unexplored.size)
+      top = np.argsort(-init, kind="stable")[:window]
       explore = unexplored[top[_weighted_sample(rng, init[top], explore_len)]]
     self.explore_clients = explore
     return np.concatenate([explore, exploit]).astype(np.int64)
@@ -160,22 +167,18 @@ class OortSelection(SelectionPolicy):
       ok = np.isin(clients, self.successful)
       return float(self.reward[clients[ok]].sum()) / (ok.sum() + 1e-4)
 
-    step = hp['pacer_step']
-    self.explore_history = np.append(self.explore_history,
-                                     mean_util(self.explore_clients))[-2 * step:]
-    self.exploit_history = np.append(self.exploit_history,
-                                     mean_util(self.exploit_clients))[-2 * step:]
+    step = hp["pacer_step"]
+    self.explore_history = np.append(self.explore_history, mean_util(self.explore_clients))[-2 * step :]
+    self.exploit_history = np.append(self.exploit_history, mean_util(self.exploit_clients))[-2 * step :]
     self.successful = np.zeros(0, np.int64)
     r = self.training_round
     if r >= 2 * step and r % step == 0:
       last = self.exploit_history[:-step].sum()
       now = self.exploit_history[-step:].sum()
       if abs(now - last) <= last * 0.1:
-        self.round_threshold = min(100.0, self.round_threshold +
-                                   hp['pacer_delta'])
+        self.round_threshold = min(100.0, self.round_threshold + hp["pacer_delta"])
       elif abs(now - last) >= last * 5:
-        self.round_threshold = max(hp['pacer_delta'], self.round_threshold -
-                                   hp['pacer_delta'])
+        self.round_threshold = max(hp["pacer_delta"], self.round_threshold - hp["pacer_delta"])
 
   # ------------------------------------------------------------------ update
 
@@ -183,9 +186,9 @@ class OortSelection(SelectionPolicy):
     clients = np.asarray(clients, np.int64)
     loss = np.asarray(mean_sq_losses, np.float64)
     if loss.shape != clients.shape or np.shape(durations) != clients.shape:
-      raise ValueError('clients, mean_sq_losses and durations must align')
+      raise ValueError("clients, mean_sq_losses and durations must align")
     if (loss < 0).any() or not np.isfinite(loss).all():
-      raise ValueError('mean squared losses must be finite and >= 0')
+      raise ValueError("mean squared losses must be finite and >= 0")
     self.reward[clients] = self.samples[clients] * np.sqrt(loss)
     self.duration[clients] = np.asarray(durations, np.float64)
     self.last_round[clients] = max(round_index + 1, 1)
@@ -194,28 +197,36 @@ class OortSelection(SelectionPolicy):
 
   # ------------------------------------------------------------------ state
 
-  _ARRAYS = ('samples', 'reward', 'duration', 'last_round', 'count',
-             'exploit_history', 'explore_history', 'explore_clients',
-             'exploit_clients', 'successful')
-  _SCALARS = ('exploration', 'round_threshold', 'training_round',
-              'selections')
+  _ARRAYS = (
+    "samples",
+    "reward",
+    "duration",
+    "last_round",
+    "count",
+    "exploit_history",
+    "explore_history",
+    "explore_clients",
+    "exploit_clients",
+    "successful",
+  )
+  _SCALARS = ("exploration", "round_threshold", "training_round", "selections")
 
   def state_dict(self) -> dict:
-    d = {'name': self.name}
+    d = {"name": self.name}
     d.update({k: getattr(self, k).copy() for k in self._ARRAYS})
     d.update({k: getattr(self, k) for k in self._SCALARS})
-    d['hp'] = dict(self.hp)
+    d["hp"] = dict(self.hp)
     return d
 
   def load_state_dict(self, state):
     super().load_state_dict(state)
     for k in self._ARRAYS:
       setattr(self, k, np.array(state[k], dtype=getattr(self, k).dtype))
-    self.exploration = float(state['exploration'])
-    self.round_threshold = float(state['round_threshold'])
-    self.training_round = int(state['training_round'])
-    self.selections = int(state['selections'])
-    self.hp = {k: type(v)(state['hp'][k]) for k, v in self.hp.items()}
+    self.exploration = float(state["exploration"])
+    self.round_threshold = float(state["round_threshold"])
+    self.training_round = int(state["training_round"])
+    self.selections = int(state["selections"])
+    self.hp = {k: type(v)(state["hp"][k]) for k, v in self.hp.items()}
 
 
 def _weighted_sample(rng, weights, k) -> np.ndarray:
@@ -225,6 +236,6 @@ def _weighted_sample(rng, weights, k) -> np.ndarray:
   k = min(int(k), weights.size)
   if k <= 0:
     return np.zeros(0, np.int64)
-  with np.errstate(divide='ignore'):
+  with np.errstate(divide="ignore"):
     keys = np.log(np.maximum(weights, 0.0)) + rng.gumbel(size=weights.size)
-  return np.argsort(-keys, kind='stable')[:k]
+  return np.argsort(-keys, kind="stable")[:k]

@@ -12,10 +12,10 @@ class Status(enum.IntEnum):
   """What became of a client's update (stored as int8 in plans)."""
 
   AGGREGATED = 0  # sync: counted in this round's aggregate
-  STRAGGLER = 1   # sync: still online but not done (or not among the first K)
-  DROPPED = 2     # went offline before finishing
-  ACCEPTED = 3    # async: arrived within the staleness bound, buffered
-  DISCARDED = 4   # async: arrived staler than max_staleness
+  STRAGGLER = 1  # sync: still online but not done (or not among the first K)
+  DROPPED = 2  # went offline before finishing
+  ACCEPTED = 3  # async: arrived within the staleness bound, buffered
+  DISCARDED = 4  # async: arrived staler than max_staleness
 
 
 def _arrays_dict(obj) -> dict:

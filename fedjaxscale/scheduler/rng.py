@@ -25,14 +25,14 @@ def rng_state_dict(rng: np.random.Generator) -> dict:
   """The generator's exact state as arrays and ints (128-bit words split into
   two uint64), fit for a checkpoint."""
   s = rng.bit_generator.state
-  if s['bit_generator'] != 'PCG64':
+  if s["bit_generator"] != "PCG64":
     raise ValueError(f"only PCG64 is supported, got {s['bit_generator']}")
   return {
-      'bit_generator': 'PCG64',
-      'state': _split(s['state']['state']),
-      'inc': _split(s['state']['inc']),
-      'has_uint32': int(s['has_uint32']),
-      'uinteger': int(s['uinteger']),
+    "bit_generator": "PCG64",
+    "state": _split(s["state"]["state"]),
+    "inc": _split(s["state"]["inc"]),
+    "has_uint32": int(s["has_uint32"]),
+    "uinteger": int(s["uinteger"]),
   }
 
 
@@ -40,9 +40,9 @@ def rng_from_state_dict(d: dict) -> np.random.Generator:
   """Inverse of `rng_state_dict`."""
   bg = np.random.PCG64()
   bg.state = {
-      'bit_generator': 'PCG64',
-      'state': {'state': _join(d['state']), 'inc': _join(d['inc'])},
-      'has_uint32': int(d['has_uint32']),
-      'uinteger': int(d['uinteger']),
+    "bit_generator": "PCG64",
+    "state": {"state": _join(d["state"]), "inc": _join(d["inc"])},
+    "has_uint32": int(d["has_uint32"]),
+    "uinteger": int(d["uinteger"]),
   }
   return np.random.Generator(bg)

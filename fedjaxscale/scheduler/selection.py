@@ -20,11 +20,17 @@ _MAX_BATCHES = 4
 class SelectionPolicy:
   """The interface of a selection policy."""
 
-  name = 'base'
+  name = "base"
 
-  def select(self, rng: np.random.Generator, availability: Availability,
-             t: float, num: int, round_index: int,
-             exclude: np.ndarray | None = None) -> np.ndarray:
+  def select(
+    self,
+    rng: np.random.Generator,
+    availability: Availability,
+    t: float,
+    num: int,
+    round_index: int,
+    exclude: np.ndarray | None = None,
+  ) -> np.ndarray:
     """Picks up to ``num`` distinct clients online at ``t``.
 
     Args:
@@ -40,35 +46,33 @@ class SelectionPolicy:
     """
     raise NotImplementedError
 
-  def update(self, round_index: int, clients, mean_sq_losses,
-             durations) -> None:
+  def update(self, round_index: int, clients, mean_sq_losses, durations) -> None:
     """Feedback after a round: the clients that reported, the mean over
     their trained examples of the squared per-example loss (from the
     engine), and their round durations in seconds. Default: ignored."""
     del round_index, clients, mean_sq_losses, durations
 
   def state_dict(self) -> dict:
-    return {'name': self.name}
+    return {"name": self.name}
 
   def load_state_dict(self, state: dict) -> None:
-    if str(state.get('name')) != self.name:
-      raise ValueError(f"state is for policy {state.get('name')!r}, "
-                       f'this is {self.name!r}')
+    if str(state.get("name")) != self.name:
+      raise ValueError(f"state is for policy {state.get('name')!r}, this is {self.name!r}")
 
 
 class UniformSelection(SelectionPolicy):
   """Uniformly random among the clients online now, without replacement."""
 
-  name = 'uniform'
+  name = "uniform"
 
   def select(self, rng, availability, t, num, round_index, exclude=None):
     del round_index
     return sample_online(rng, availability, t, num, exclude)
 
 
-def sample_online(rng: np.random.Generator, availability: Availability,
-                  t: float, num: int,
-                  exclude: np.ndarray | None = None) -> np.ndarray:
+def sample_online(
+  rng: np.random.Generator, availability: Availability, t: float, num: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
   """``num`` distinct clients drawn uniformly from those online at ``t``.
 
   Draws candidates uniformly from the whole population and keeps the first

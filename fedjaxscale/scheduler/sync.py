@@ -32,7 +32,7 @@ from fedjaxscale.scheduler.selection import SelectionPolicy, UniformSelection
 from fedjaxscale.systems.latency import LatencyModel
 from fedjaxscale.systems.traces import SystemTraces
 
-AVAILABILITY_MODES = ('window', 'endpoints')
+AVAILABILITY_MODES = ("window", "endpoints")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +50,16 @@ class SyncConfig:
   clients_per_round: int
   overcommit: float = 1.3
   deadline_s: float | None = None
-  availability_mode: str = 'window'
+  availability_mode: str = "window"
   round_up: bool = True
 
   def __post_init__(self):
     if self.clients_per_round < 1 or self.overcommit < 1:
-      raise ValueError('need clients_per_round >= 1 and overcommit >= 1')
+      raise ValueError("need clients_per_round >= 1 and overcommit >= 1")
     if self.availability_mode not in AVAILABILITY_MODES:
-      raise ValueError(f'availability_mode must be one of '
-                       f'{AVAILABILITY_MODES}')
+      raise ValueError(f"availability_mode must be one of {AVAILABILITY_MODES}")
     if self.deadline_s is not None and not self.deadline_s > 0:
-      raise ValueError('deadline_s must be > 0')
+      raise ValueError("deadline_s must be > 0")
 
   @property
   def num_selected(self) -> int:
@@ -88,18 +87,22 @@ class SyncPlanner:
     >>> planner.report(plan, mean_sq_losses)                # doctest: +SKIP
   """
 
-  def __init__(self, traces: SystemTraces, latency: LatencyModel,
-               config: SyncConfig, num_samples=None,
-               policy: SelectionPolicy | None = None, seed: int = 0,
-               start_time: float = 0.0):
+  def __init__(
+    self,
+    traces: SystemTraces,
+    latency: LatencyModel,
+    config: SyncConfig,
+    num_samples=None,
+    policy: SelectionPolicy | None = None,
+    seed: int = 0,
+    start_time: float = 0.0,
+  ):
     self.traces = traces
     self.latency = latency
     self.config = config
-    self.num_samples = (None if num_samples is None else
-                        np.asarray(num_samples, np.int64))
-    if (self.num_samples is not None and
-        self.num_samples.shape != (traces.num_clients,)):
-      raise ValueError(f'num_samples must have shape ({traces.num_clients},)')
+    self.num_samples = None if num_samples is None else np.asarray(num_samples, np.int64)
+    if self.num_samples is not None and self.num_samples.shape != (traces.num_clients,):
+      raise ValueError(f"num_samples must have shape ({traces.num_clients},)")
     self.policy = policy if policy is not None else UniformSelection()
     self.rng = rng_lib.make_rng(seed)
     self.clock = Clock(start_time)
@@ -112,27 +115,25 @@ class SyncPlanner:
     cfg = self.config
     av = self.traces.availability
     t = self.clock.now
-    clients = self.policy.select(self.rng, av, t, cfg.num_selected,
-                                 self.round)
+    clients = self.policy.select(self.rng, av, t, cfg.num_selected, self.round)
     tries = 0
     while clients.size == 0:
       t_next = av.next_online_time(t)
       if not math.isfinite(t_next):
-        raise RuntimeError('no client is ever online in these traces')
+        raise RuntimeError("no client is ever online in these traces")
       # Floating-point guard: nudge forward if the boundary rounds to offline.
       t = t_next if t_next > t else math.nextafter(t, math.inf)
       self.clock.advance_to(t)
-      clients = self.policy.select(self.rng, av, t, cfg.num_selected,
-                                   self.round)
+      clients = self.policy.select(self.rng, av, t, cfg.num_selected, self.round)
       tries += 1
       if tries > 1000:
-        raise RuntimeError('could not find an online client')
+        raise RuntimeError("could not find an online client")
     lat = self.latency.latency(self.traces, clients, self.num_samples)
     start = np.full(clients.size, t)
     download_end = start + lat.download
     compute_end = download_end + lat.compute
     finish = compute_end + lat.upload
-    if cfg.availability_mode == 'window':
+    if cfg.availability_mode == "window":
       until = av.online_until(clients, t)
       completes = finish <= until
       drop_time = np.where(completes, np.inf, np.maximum(until, t))
@@ -142,11 +143,10 @@ class SyncPlanner:
 
     k = cfg.clients_per_round
     done = np.flatnonzero(completes)
-    done = done[np.argsort(finish[done], kind='stable')]
+    done = done[np.argsort(finish[done], kind="stable")]
     if cfg.deadline_s is None:
       agg = done[:k]
-      end = (float(finish[agg[-1]]) if agg.size else
-             float(drop_time.max()))
+      end = float(finish[agg[-1]]) if agg.size else float(drop_time.max())
     else:
       end = t + cfg.deadline_s
       agg = done[finish[done] <= end]
@@ -159,18 +159,32 @@ class SyncPlanner:
     fraction[status == Status.AGGREGATED] = 1.0
     fraction[status == Status.DROPPED] = 0.0
     short = agg.size < k
-    message = ''
+    message = ""
     if short:
-      message = (f'round {self.round}: {agg.size} of {k} updates aggregated '
-                 f'({clients.size} selected, {int(completes.sum())} finished'
-                 + (f', deadline {cfg.deadline_s}s' if cfg.deadline_s else '')
-                 + ')')
+      message = (
+        f"round {self.round}: {agg.size} of {k} updates aggregated "
+        f"({clients.size} selected, {int(completes.sum())} finished"
+        + (f", deadline {cfg.deadline_s}s" if cfg.deadline_s else "")
+        + ")"
+      )
     plan = SyncPlan(
-        round=self.round, start_time=t, end_time=end, num_target=k,
-        clients=clients, status=status, start=start,
-        download_end=download_end, compute_end=compute_end, finish=finish,
-        drop_time=drop_time, weights=weights, completed_fraction=fraction,
-        aggregated=clients[agg], short=bool(short), message=message)
+      round=self.round,
+      start_time=t,
+      end_time=end,
+      num_target=k,
+      clients=clients,
+      status=status,
+      start=start,
+      download_end=download_end,
+      compute_end=compute_end,
+      finish=finish,
+      drop_time=drop_time,
+      weights=weights,
+      completed_fraction=fraction,
+      aggregated=clients[agg],
+      short=bool(short),
+      message=message,
+    )
     self.clock.advance_to(end)
     self.round += 1
     return plan
@@ -194,26 +208,25 @@ class SyncPlanner:
   def state_dict(self) -> dict:
     """Everything that determines future plans, as arrays/ints/floats/strs."""
     return {
-        'time': self.clock.now,
-        'round': self.round,
-        'rng': rng_lib.rng_state_dict(self.rng),
-        'policy': self.policy.state_dict(),
+      "time": self.clock.now,
+      "round": self.round,
+      "rng": rng_lib.rng_state_dict(self.rng),
+      "policy": self.policy.state_dict(),
     }
 
   def load_state_dict(self, state: dict) -> None:
     """Restores `state_dict` output; later plans equal the uninterrupted
     run's."""
-    self.clock = Clock(float(state['time']))
-    self.round = int(state['round'])
-    self.rng = rng_lib.rng_from_state_dict(state['rng'])
-    self.policy.load_state_dict(state['policy'])
+    self.clock = Clock(float(state["time"]))
+    self.round = int(state["round"])
+    self.rng = rng_lib.rng_from_state_dict(state["rng"])
+    self.policy.load_state_dict(state["policy"])
 
 
 def _completed_fraction(download_end, compute_s, upload_s, end) -> np.ndarray:
   """Share of the local work that fits between the download and a full
   upload finishing by ``end``."""
   room = end - upload_s - download_end
-  with np.errstate(divide='ignore', invalid='ignore'):
-    frac = np.where(compute_s > 0, room / compute_s,
-                    np.where(room >= 0, 1.0, 0.0))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    frac = np.where(compute_s > 0, room / compute_s, np.where(room >= 0, 1.0, 0.0))
   return np.clip(frac, 0.0, 1.0)

@@ -7,32 +7,25 @@ model that turns them into download/compute/upload seconds.
 
 from fedjaxscale.systems.availability import Availability
 from fedjaxscale.systems.errors import TraceError
-from fedjaxscale.systems.fedscale import load_fedscale_traces
-from fedjaxscale.systems.fedscale import read_fedscale_behavior
-from fedjaxscale.systems.fedscale import read_fedscale_capacity
-from fedjaxscale.systems.generator import TraceGeneratorConfig
-from fedjaxscale.systems.generator import generate_traces
-from fedjaxscale.systems.io import load_metadata
-from fedjaxscale.systems.io import load_traces
-from fedjaxscale.systems.io import save_traces
-from fedjaxscale.systems.latency import Latency
-from fedjaxscale.systems.latency import LatencyModel
-from fedjaxscale.systems.latency import model_bits
+from fedjaxscale.systems.fedscale import load_fedscale_traces, read_fedscale_behavior, read_fedscale_capacity
+from fedjaxscale.systems.generator import TraceGeneratorConfig, generate_traces
+from fedjaxscale.systems.io import load_metadata, load_traces, save_traces
+from fedjaxscale.systems.latency import Latency, LatencyModel, model_bits
 from fedjaxscale.systems.traces import SystemTraces
 
 __all__ = [
-    'Availability',
-    'Latency',
-    'LatencyModel',
-    'SystemTraces',
-    'TraceError',
-    'TraceGeneratorConfig',
-    'generate_traces',
-    'load_fedscale_traces',
-    'load_metadata',
-    'load_traces',
-    'model_bits',
-    'read_fedscale_behavior',
-    'read_fedscale_capacity',
-    'save_traces',
+  "Availability",
+  "Latency",
+  "LatencyModel",
+  "SystemTraces",
+  "TraceError",
+  "TraceGeneratorConfig",
+  "generate_traces",
+  "load_fedscale_traces",
+  "load_metadata",
+  "load_traces",
+  "model_bits",
+  "read_fedscale_behavior",
+  "read_fedscale_capacity",
+  "save_traces",
 ]

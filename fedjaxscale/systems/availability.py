@@ -24,7 +24,7 @@ import numpy as np
 
 from fedjaxscale.systems.errors import TraceError
 
-_MEMORY = '<memory>'
+_MEMORY = "<memory>"
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -56,9 +56,9 @@ class Availability:
   # ---------------------------------------------------------------- building
 
   @classmethod
-  def from_intervals(cls, offsets, starts, ends, period, *,
-                     source: str = _MEMORY, client_names=None,
-                     rows=None) -> 'Availability':
+  def from_intervals(
+    cls, offsets, starts, ends, period, *, source: str = _MEMORY, client_names=None, rows=None
+  ) -> Availability:
     """Validates intervals and returns an `Availability`.
 
     Touching intervals (``ends[k] == starts[k+1]``) are merged; overlapping
@@ -79,63 +79,55 @@ class Availability:
     Raises:
       TraceError: naming ``source`` and the client.
     """
-    name = (lambda r: r) if client_names is None else (
-        lambda r: client_names[r])
+    name = (lambda r: r) if client_names is None else (lambda r: client_names[r])
     offsets = np.asarray(offsets)
-    if offsets.ndim != 1 or offsets.size == 0 or not np.issubdtype(
-        offsets.dtype, np.integer):
-      raise TraceError(source, None, 'offsets must be a 1-D integer array')
+    if offsets.ndim != 1 or offsets.size == 0 or not np.issubdtype(offsets.dtype, np.integer):
+      raise TraceError(source, None, "offsets must be a 1-D integer array")
     offsets = offsets.astype(np.int64)
     num_rows = offsets.size - 1
     if num_rows == 0:
-      raise TraceError(source, None, 'empty trace: no clients')
+      raise TraceError(source, None, "empty trace: no clients")
     starts, ends = _as_float(starts), _as_float(ends)
     if starts.shape != ends.shape or starts.ndim != 1:
-      raise TraceError(source, None,
-                       'starts and ends must be 1-D arrays of equal length')
+      raise TraceError(source, None, "starts and ends must be 1-D arrays of equal length")
     if starts.dtype != ends.dtype:
       dt = np.promote_types(starts.dtype, ends.dtype)
       starts, ends = starts.astype(dt), ends.astype(dt)
     if offsets[0] != 0 or offsets[-1] != starts.size:
-      raise TraceError(source, None,
-                       f'offsets must run from 0 to {starts.size} '
-                       f'(the number of intervals), got {offsets[0]}..'
-                       f'{offsets[-1]}')
+      raise TraceError(
+        source,
+        None,
+        f"offsets must run from 0 to {starts.size} (the number of intervals), got {offsets[0]}..{offsets[-1]}",
+      )
     counts = np.diff(offsets)
     if (counts < 0).any():
-      raise TraceError(source, name(_first_bad(counts < 0)),
-                       'offsets decrease')
-    period = np.broadcast_to(np.asarray(period, np.float64),
-                             (num_rows,)).copy()
+      raise TraceError(source, name(_first_bad(counts < 0)), "offsets decrease")
+    period = np.broadcast_to(np.asarray(period, np.float64), (num_rows,)).copy()
     bad = ~np.isfinite(period) | (period <= 0)
     if bad.any():
       r = _first_bad(bad)
-      raise TraceError(source, name(r),
-                       f'period must be finite and > 0, got {period[r]}')
+      raise TraceError(source, name(r), f"period must be finite and > 0, got {period[r]}")
     row_of = np.repeat(np.arange(num_rows), counts)
     checks = (
-        (~np.isfinite(starts) | ~np.isfinite(ends), 'interval is not finite'),
-        (starts < 0, 'interval starts before 0'),
-        (ends < starts, 'interval ends before it starts'),
-        (ends > period[row_of], 'interval ends after the period'),
+      (~np.isfinite(starts) | ~np.isfinite(ends), "interval is not finite"),
+      (starts < 0, "interval starts before 0"),
+      (ends < starts, "interval ends before it starts"),
+      (ends > period[row_of], "interval ends after the period"),
     )
     for bad, what in checks:
       if bad.any():
         k = _first_bad(bad)
-        raise TraceError(
-            source, name(row_of[k]),
-            f'{what}: [{starts[k]}, {ends[k]}] (period {period[row_of[k]]})')
+        raise TraceError(source, name(row_of[k]), f"{what}: [{starts[k]}, {ends[k]}] (period {period[row_of[k]]})")
     same_row = row_of[1:] == row_of[:-1]
     for bad, what in (
-        (same_row & (starts[1:] < starts[:-1]), 'on-intervals are not sorted'),
-        (same_row & (starts[1:] < ends[:-1]), 'on-intervals overlap'),
+      (same_row & (starts[1:] < starts[:-1]), "on-intervals are not sorted"),
+      (same_row & (starts[1:] < ends[:-1]), "on-intervals overlap"),
     ):
       if bad.any():
         k = _first_bad(bad)
         raise TraceError(
-            source, name(row_of[k]),
-            f'{what}: [{starts[k]}, {ends[k]}] then '
-            f'[{starts[k + 1]}, {ends[k + 1]}]')
+          source, name(row_of[k]), f"{what}: [{starts[k]}, {ends[k]}] then [{starts[k + 1]}, {ends[k + 1]}]"
+        )
     # Merge touching intervals so that a contiguous on-run is one interval.
     new_block = np.ones(starts.size, bool)
     new_block[1:] = ~same_row | (starts[1:] > ends[:-1])
@@ -148,7 +140,7 @@ class Availability:
       rows = _check_rows(rows, num_rows, source)
     return cls(offsets, starts, ends, period, rows)
 
-  def take(self, members) -> 'Availability':
+  def take(self, members) -> Availability:
     """Returns the availability of a new population: member i is ``members[i]``
     of this one (shares the interval arrays)."""
     members = np.asarray(members, np.int64)
@@ -198,8 +190,7 @@ class Availability:
       # Time `period` is time 0 of the next period: without an interval
       # starting at 0 the client is offline there, so the run ends just
       # before it.
-      until = np.where(at_wrap & (ext == 0), np.nextafter(until, -np.inf),
-                       until + np.where(at_wrap, ext, 0.0))
+      until = np.where(at_wrap & (ext == 0), np.nextafter(until, -np.inf), until + np.where(at_wrap, ext, 0.0))
     return np.where(inside, until, -np.inf)
 
   def next_online_time(self, t: float) -> float:
@@ -213,9 +204,7 @@ class Availability:
     has_next = nxt < hi
     base = t - norm
     first = self.starts[np.minimum(lo, self.starts.size - 1)]
-    cand = np.where(
-        has_next, base + self.starts[np.minimum(nxt, self.starts.size - 1)],
-        base + self.period + first)
+    cand = np.where(has_next, base + self.starts[np.minimum(nxt, self.starts.size - 1)], base + self.period + first)
     cand = np.where(hi > lo, cand, np.inf)
     cand = np.where(inside, t, cand)
     if self.rows is not None:
@@ -256,18 +245,18 @@ class Availability:
     return inside, j, norm, r
 
   def _depth(self) -> int:
-    cached = self.__dict__.get('_depth_cache')
+    cached = self.__dict__.get("_depth_cache")
     if cached is None:
       counts = np.diff(self.offsets)
       cached = int(counts.max()).bit_length() + 1 if counts.size else 1
-      object.__setattr__(self, '_depth_cache', cached)
+      object.__setattr__(self, "_depth_cache", cached)
     return cached
 
   def _wrap_extension(self) -> np.ndarray:
     """Per row: how long the on-run continues after the period wraps (the
     first interval's end if it starts at 0 and the last ends at the period;
     ``inf`` if the row is always on)."""
-    cached = self.__dict__.get('_wrap_cache')
+    cached = self.__dict__.get("_wrap_cache")
     if cached is None:
       lo, hi = self.offsets[:-1], self.offsets[1:]
       nonempty = hi > lo
@@ -278,16 +267,16 @@ class Availability:
       joins = nonempty & (first_s <= 0) & (last_e >= self.period)
       always = joins & (hi - lo == 1)
       cached = np.where(always, np.inf, np.where(joins, first_e, 0.0))
-      object.__setattr__(self, '_wrap_cache', cached)
+      object.__setattr__(self, "_wrap_cache", cached)
     return cached
 
 
 def _as_float(x) -> np.ndarray:
   x = np.asarray(x)
-  if x.dtype.kind in 'iu':
+  if x.dtype.kind in "iu":
     ok = x.size == 0 or np.abs(x).max() < 2**24
     return x.astype(np.float32 if ok else np.float64)
-  if x.dtype.kind != 'f':
+  if x.dtype.kind != "f":
     x = x.astype(np.float64)
   return x
 
@@ -295,10 +284,9 @@ def _as_float(x) -> np.ndarray:
 def _check_rows(rows, num_rows, source) -> np.ndarray:
   rows = np.asarray(rows, np.int64)
   if rows.ndim != 1:
-    raise TraceError(source, None, 'rows must be 1-D')
+    raise TraceError(source, None, "rows must be 1-D")
   bad = (rows < 0) | (rows >= num_rows)
   if bad.any():
     i = _first_bad(bad)
-    raise TraceError(source, i, f'maps to trace row {rows[i]}, outside '
-                     f'0..{num_rows - 1}')
+    raise TraceError(source, i, f"maps to trace row {rows[i]}, outside 0..{num_rows - 1}")
   return rows

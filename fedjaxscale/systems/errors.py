@@ -15,6 +15,6 @@ class TraceError(ValueError):
     self.source = str(source)
     self.client = client
     self.what = what
-    where = f'{self.source}: ' if source else ''
-    who = f'client {client}: ' if client is not None else ''
-    super().__init__(f'{where}{who}{what}')
+    where = f"{self.source}: " if source else ""
+    who = f"client {client}: " if client is not None else ""
+    super().__init__(f"{where}{who}{what}")

@@ -33,22 +33,20 @@ from fedjaxscale.systems.errors import TraceError
 from fedjaxscale.systems.traces import SystemTraces, population_rows
 
 # What FedScale uses for a client id missing from the capacity file.
-FEDSCALE_FALLBACK_CAPACITY = {'computation': 1.0, 'communication': 1.0}
+FEDSCALE_FALLBACK_CAPACITY = {"computation": 1.0, "communication": 1.0}
 
 
 def _load_pickle(path) -> dict:
   source = os.fspath(path)
   try:
-    with open(source, 'rb') as f:
+    with open(source, "rb") as f:
       table = pickle.load(f)
-  except (OSError, pickle.UnpicklingError, EOFError, AttributeError,
-          ImportError) as e:
-    raise TraceError(source, None, f'cannot read pickle: {e}') from e
+  except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+    raise TraceError(source, None, f"cannot read pickle: {e}") from e
   if not isinstance(table, dict):
-    raise TraceError(source, None,
-                     f'expected a dict of clients, got {type(table).__name__}')
+    raise TraceError(source, None, f"expected a dict of clients, got {type(table).__name__}")
   if not table:
-    raise TraceError(source, None, 'empty trace: no clients')
+    raise TraceError(source, None, "empty trace: no clients")
   return table
 
 
@@ -70,23 +68,20 @@ def read_fedscale_capacity(path):
   for i, key in enumerate(keys):
     entry = table[key]
     if not isinstance(entry, dict):
-      raise TraceError(source, key, 'entry is not a dict')
-    for field in ('computation', 'communication'):
+      raise TraceError(source, key, "entry is not a dict")
+    for field in ("computation", "communication"):
       if field not in entry:
-        raise TraceError(source, key, f'missing key {field!r}')
-    bw = entry['communication']
-    values = (entry['computation'], entry.get('dl_kbps', bw),
-              entry.get('ul_kbps', bw))
-    for row, (field, v) in enumerate(zip(
-        ('computation', 'download bandwidth', 'upload bandwidth'), values)):
+        raise TraceError(source, key, f"missing key {field!r}")
+    bw = entry["communication"]
+    values = (entry["computation"], entry.get("dl_kbps", bw), entry.get("ul_kbps", bw))
+    for row, (field, v) in enumerate(zip(("computation", "download bandwidth", "upload bandwidth"), values)):
       try:
         v = float(v)
       except (TypeError, ValueError):
-        raise TraceError(source, key, f'{field} is not a number: {v!r}')
+        raise TraceError(source, key, f"{field} is not a number: {v!r}") from None
       if not math.isfinite(v) or v <= 0:
-        got = 'NaN' if math.isnan(v) else v
-        raise TraceError(source, key, f'{field} must be finite and > 0, '
-                         f'got {got}')
+        got = "NaN" if math.isnan(v) else v
+        raise TraceError(source, key, f"{field} must be finite and > 0, got {got}")
       out[row, i] = v
   return keys, out[0], out[1], out[2]
 
@@ -113,23 +108,22 @@ def read_fedscale_behavior(path):
   for i, key in enumerate(keys):
     entry = table[key]
     if not isinstance(entry, dict):
-      raise TraceError(source, key, 'entry is not a dict')
-    for field in ('active', 'inactive', 'finish_time'):
+      raise TraceError(source, key, "entry is not a dict")
+    for field in ("active", "inactive", "finish_time"):
       if field not in entry:
-        raise TraceError(source, key, f'missing key {field!r}')
+        raise TraceError(source, key, f"missing key {field!r}")
     try:
-      a = np.asarray(entry['active'], np.float64).reshape(-1)
-      b = np.asarray(entry['inactive'], np.float64).reshape(-1)
-      fin = float(entry['finish_time'])
+      a = np.asarray(entry["active"], np.float64).reshape(-1)
+      b = np.asarray(entry["inactive"], np.float64).reshape(-1)
+      fin = float(entry["finish_time"])
     except (TypeError, ValueError) as e:
-      raise TraceError(source, key, f'times are not numbers: {e}')
+      raise TraceError(source, key, f"times are not numbers: {e}") from None
     if a.size != b.size:
-      raise TraceError(source, key, f"'active' has {a.size} entries, "
-                       f"'inactive' has {b.size}")
+      raise TraceError(source, key, f"'active' has {a.size} entries, 'inactive' has {b.size}")
     if not math.isfinite(fin) or fin <= 0:
-      raise TraceError(source, key, f'finish_time must be > 0, got {fin}')
+      raise TraceError(source, key, f"finish_time must be > 0, got {fin}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-      raise TraceError(source, key, 'an interval time is NaN or infinite')
+      raise TraceError(source, key, "an interval time is NaN or infinite")
     keep = a < fin
     a, b = a[keep], np.minimum(b[keep], fin)
     starts.append(a)
@@ -138,13 +132,14 @@ def read_fedscale_behavior(path):
     period[i] = fin
   offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
   availability = Availability.from_intervals(
-      offsets, np.concatenate(starts), np.concatenate(ends), period,
-      source=source, client_names=keys)
+    offsets, np.concatenate(starts), np.concatenate(ends), period, source=source, client_names=keys
+  )
   return keys, availability
 
 
-def load_fedscale_traces(num_clients: int, capacity_path, behavior_path=None,
-                         mapping: str = 'fedscale') -> SystemTraces:
+def load_fedscale_traces(
+  num_clients: int, capacity_path, behavior_path=None, mapping: str = "fedscale"
+) -> SystemTraces:
   """Builds a population's `SystemTraces` from FedScale's pickles.
 
   Args:
@@ -160,24 +155,22 @@ def load_fedscale_traces(num_clients: int, capacity_path, behavior_path=None,
   """
   cap_source = os.fspath(capacity_path)
   keys, compute, down, up = read_fedscale_capacity(cap_source)
-  if mapping == 'fedscale':
+  if mapping == "fedscale":
     position = {k: i for i, k in enumerate(keys)}
     wanted = (np.arange(num_clients) + 1) % len(keys)
-    rows = np.array([position.get(int(k), len(keys)) for k in wanted],
-                    np.int64) if num_clients else np.zeros(0, np.int64)
+    rows = (
+      np.array([position.get(int(k), len(keys)) for k in wanted], np.int64) if num_clients else np.zeros(0, np.int64)
+    )
     fb = FEDSCALE_FALLBACK_CAPACITY
-    compute = np.append(compute, fb['computation'])
-    down = np.append(down, fb['communication'])
-    up = np.append(up, fb['communication'])
+    compute = np.append(compute, fb["computation"])
+    down = np.append(down, fb["communication"])
+    up = np.append(up, fb["communication"])
   else:
     rows = population_rows(num_clients, len(keys), mapping)
   if behavior_path is None:
-    availability = Availability.from_intervals(
-        [0, 1], [0.0], [1.0], 1.0, rows=np.zeros(num_clients, np.int64))
+    availability = Availability.from_intervals([0, 1], [0.0], [1.0], 1.0, rows=np.zeros(num_clients, np.int64))
   else:
     b_source = os.fspath(behavior_path)
     b_keys, availability = read_fedscale_behavior(b_source)
-    availability = availability.take(
-        population_rows(num_clients, len(b_keys), mapping))
-  return SystemTraces.create(compute[rows], down[rows], up[rows], availability,
-                             source=cap_source)
+    availability = availability.take(population_rows(num_clients, len(b_keys), mapping))
+  return SystemTraces.create(compute[rows], down[rows], up[rows], availability, source=cap_source)

@@ -68,8 +68,7 @@ class TraceGeneratorConfig:
   # UTC offsets (hours) of devices and their shares (rough shares of
   # smartphone users per zone; they only shape the global diurnal curve).
   tz_offsets_h: tuple[float, ...] = (-8, -6, -5, -3, 0, 1, 2, 3, 5.5, 7, 8, 9)
-  tz_shares: tuple[float, ...] = (.05, .05, .08, .05, .05, .12, .05, .05, .2,
-                                  .08, .17, .05)
+  tz_shares: tuple[float, ...] = (0.05, 0.05, 0.08, 0.05, 0.05, 0.12, 0.05, 0.05, 0.2, 0.08, 0.17, 0.05)
   # Probability that a device charges (and is eligible) on a given night.
   p_night: float = 0.8
   # Night session start: normal, local hour mean and std.
@@ -95,9 +94,9 @@ class TraceGeneratorConfig:
   activity_sigma: float = 0.5
 
 
-def generate_traces(num_clients: int, seed: int = 0,
-                    config: TraceGeneratorConfig = TraceGeneratorConfig()
-                    ) -> SystemTraces:
+def generate_traces(
+  num_clients: int, seed: int = 0, config: TraceGeneratorConfig = TraceGeneratorConfig()
+) -> SystemTraces:
   """Draws a population's system traces (see the module docstring).
 
   Args:
@@ -119,45 +118,35 @@ def generate_traces(num_clients: int, seed: int = 0,
   n = int(num_clients)
   sigma_c = math.log(c.compute_p95_ms / c.compute_p05_ms) / (2 * _Z95)
   median_c = math.sqrt(c.compute_p95_ms * c.compute_p05_ms)
-  compute = np.clip(median_c * np.exp(sigma_c * rng.standard_normal(n)),
-                    *c.compute_clip_ms)
+  compute = np.clip(median_c * np.exp(sigma_c * rng.standard_normal(n)), *c.compute_clip_ms)
   sigma_b = math.log(c.bandwidth_median_kbps / c.bandwidth_low_kbps) / (
-      _Z75 if c.bandwidth_low_share == 0.25 else
-      -_normal_ppf(c.bandwidth_low_share))
-  down = np.clip(c.bandwidth_median_kbps *
-                 np.exp(sigma_b * rng.standard_normal(n)),
-                 *c.bandwidth_clip_kbps)
+    _Z75 if c.bandwidth_low_share == 0.25 else -_normal_ppf(c.bandwidth_low_share)
+  )
+  down = np.clip(c.bandwidth_median_kbps * np.exp(sigma_b * rng.standard_normal(n)), *c.bandwidth_clip_kbps)
   up = down * c.up_down_ratio
   availability = _availability(rng, n, c)
-  return SystemTraces.create(compute, down, up, availability,
-                             source='<generator>')
+  return SystemTraces.create(compute, down, up, availability, source="<generator>")
 
 
 def _availability(rng, n: int, c: TraceGeneratorConfig) -> Availability:
   days = int(math.ceil(c.period_s / DAY))
   shares = np.asarray(c.tz_shares, np.float64)
-  tz_h = np.asarray(c.tz_offsets_h)[
-      rng.choice(len(shares), size=n, p=shares / shares.sum())]
-  activity = np.exp(c.activity_sigma * rng.standard_normal(n) -
-                    c.activity_sigma**2 / 2)
+  tz_h = np.asarray(c.tz_offsets_h)[rng.choice(len(shares), size=n, p=shares / shares.sum())]
+  activity = np.exp(c.activity_sigma * rng.standard_normal(n) - c.activity_sigma**2 / 2)
 
   # Night sessions, one per (client, day) with probability p_night.
   client = np.repeat(np.arange(n), days)
   day = np.tile(np.arange(days), n)
   keep = rng.random(n * days) < c.p_night
   client, day = client[keep], day[keep]
-  start_h = c.night_start_h + c.night_start_std_h * rng.standard_normal(
-      client.size)
-  len_h = np.clip(c.night_len_h + c.night_len_std_h *
-                  rng.standard_normal(client.size), *c.night_len_clip_h)
+  start_h = c.night_start_h + c.night_start_std_h * rng.standard_normal(client.size)
+  len_h = np.clip(c.night_len_h + c.night_len_std_h * rng.standard_normal(client.size), *c.night_len_clip_h)
   session_start = day * DAY + start_h * 3600 - tz_h[client] * 3600
   session_len = len_h * 3600
   count = rng.poisson(c.slots_per_night * activity[client])
   s_client = np.repeat(client, count)
-  s_len = np.minimum(_slot_len(rng, s_client.size, c.night_slot_median_min, c),
-                     np.repeat(session_len, count))
-  s_start = np.repeat(session_start, count) + rng.random(s_client.size) * (
-      np.repeat(session_len, count) - s_len)
+  s_len = np.minimum(_slot_len(rng, s_client.size, c.night_slot_median_min, c), np.repeat(session_len, count))
+  s_start = np.repeat(session_start, count) + rng.random(s_client.size) * (np.repeat(session_len, count) - s_len)
 
   # Short daytime slots.
   d_count = rng.poisson(np.repeat(c.slots_per_day * activity, days))
@@ -165,8 +154,7 @@ def _availability(rng, n: int, c: TraceGeneratorConfig) -> Availability:
   d_day = np.repeat(np.tile(np.arange(days), n), d_count)
   lo_h, hi_h = c.day_window_h
   d_len = _slot_len(rng, d_client.size, c.day_slot_median_min, c)
-  d_start = (d_day * DAY - tz_h[d_client] * 3600 +
-             (lo_h + (hi_h - lo_h) * rng.random(d_client.size)) * 3600)
+  d_start = d_day * DAY - tz_h[d_client] * 3600 + (lo_h + (hi_h - lo_h) * rng.random(d_client.size)) * 3600
 
   cl = np.concatenate([s_client, d_client])
   start = np.round(np.concatenate([s_start, d_start])).astype(np.int64)
@@ -176,9 +164,7 @@ def _availability(rng, n: int, c: TraceGeneratorConfig) -> Availability:
 
 
 def _slot_len(rng, size, median_min, c) -> np.ndarray:
-  return np.maximum(median_min * 60 * np.exp(c.slot_sigma *
-                                             rng.standard_normal(size)),
-                    c.min_slot_s)
+  return np.maximum(median_min * 60 * np.exp(c.slot_sigma * rng.standard_normal(size)), c.min_slot_s)
 
 
 def _to_availability(n, client, start, length, period) -> Availability:
@@ -193,7 +179,7 @@ def _to_availability(n, client, start, length, period) -> Availability:
   end = np.concatenate([np.minimum(end, period), end[over] - period])
   stride = period + 1  # so one client's ends never touch the next's starts
   gstart = client * stride + start
-  order = np.argsort(gstart, kind='stable')
+  order = np.argsort(gstart, kind="stable")
   gstart = gstart[order]
   gend = np.maximum.accumulate((client * stride + end)[order])
   del order, start, end, client
@@ -206,28 +192,40 @@ def _to_availability(n, client, start, length, period) -> Availability:
   offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
   starts = (bstart - bclient * stride).astype(np.int32)
   ends = (bend - bclient * stride).astype(np.int32)
-  return Availability.from_intervals(offsets, starts, ends, float(period),
-                                     source='<generator>')
+  return Availability.from_intervals(offsets, starts, ends, float(period), source="<generator>")
 
 
 def _normal_ppf(p: float) -> float:
   """Inverse standard normal CDF (Acklam's rational approximation)."""
-  a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-       1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
-  b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-       6.680131188771972e+01, -1.328068155288572e+01)
-  cc = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-        -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
-  d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
-       3.754408661907416e+00)
+  a = (
+    -3.969683028665376e01,
+    2.209460984245205e02,
+    -2.759285104469687e02,
+    1.383577518672690e02,
+    -3.066479806614716e01,
+    2.506628277459239e00,
+  )
+  b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01, -1.328068155288572e01)
+  cc = (
+    -7.784894002430293e-03,
+    -3.223964580411365e-01,
+    -2.400758277161838e00,
+    -2.549732539343734e00,
+    4.374664141464968e00,
+    2.938163982698783e00,
+  )
+  d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
   if p < 0.02425:
     q = math.sqrt(-2 * math.log(p))
-    return (((((cc[0] * q + cc[1]) * q + cc[2]) * q + cc[3]) * q + cc[4]) * q
-            + cc[5]) / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    return (((((cc[0] * q + cc[1]) * q + cc[2]) * q + cc[3]) * q + cc[4]) * q + cc[5]) / (
+      (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+    )
   if p > 1 - 0.02425:
     return -_normal_ppf(1 - p)
   q = p - 0.5
   r = q * q
-  return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]
-          ) * q / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r
-                   + 1)
+  return (
+    (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+    * q
+    / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+  )

@@ -23,7 +23,7 @@ import numpy as np
 from fedjaxscale.systems.traces import SystemTraces
 
 
-def model_bits(num_params: int, dtype='float32') -> int:
+def model_bits(num_params: int, dtype="float32") -> int:
   """Size in bits of ``num_params`` parameters of ``dtype`` (e.g. the sum of
   ``x.size`` over a parameter pytree's leaves, and their dtype)."""
   return int(num_params) * np.dtype(dtype).itemsize * 8
@@ -75,12 +75,11 @@ class LatencyModel:
   def __post_init__(self):
     steps_mode = self.local_steps is not None or self.batch_size is not None
     if steps_mode == (self.epochs is not None):
-      raise ValueError('set either local_steps and batch_size, or epochs')
+      raise ValueError("set either local_steps and batch_size, or epochs")
     if steps_mode and (self.local_steps is None or self.batch_size is None):
-      raise ValueError('fixed-steps mode needs both local_steps and '
-                       'batch_size')
+      raise ValueError("fixed-steps mode needs both local_steps and batch_size")
     if self.model_bits <= 0 or not 0 < self.compression <= 1:
-      raise ValueError('model_bits must be > 0 and compression in (0, 1]')
+      raise ValueError("model_bits must be > 0 and compression in (0, 1]")
 
   def work_samples(self, clients, num_samples=None) -> np.ndarray:
     """Training samples processed per client in one round."""
@@ -88,11 +87,10 @@ class LatencyModel:
     if self.epochs is None:
       return np.full(clients.shape, float(self.local_steps * self.batch_size))
     if num_samples is None:
-      raise ValueError('epoch mode needs per-client num_samples')
+      raise ValueError("epoch mode needs per-client num_samples")
     return self.epochs * np.asarray(num_samples)[clients].astype(np.float64)
 
-  def latency(self, traces: SystemTraces, clients,
-              num_samples=None) -> Latency:
+  def latency(self, traces: SystemTraces, clients, num_samples=None) -> Latency:
     """Phase durations of ``clients`` (population indices).
 
     Args:
@@ -103,8 +101,6 @@ class LatencyModel:
     clients = np.asarray(clients, np.int64)
     up_bits = self.model_bits if self.update_bits is None else self.update_bits
     down_s = self.model_bits / (traces.down_kbps[clients] * 1000.0)
-    compute_s = (self.work_samples(clients, num_samples) *
-                 traces.compute_ms[clients] * self.backward_factor / 1000.0)
+    compute_s = self.work_samples(clients, num_samples) * traces.compute_ms[clients] * self.backward_factor / 1000.0
     up_s = up_bits * self.compression / (traces.up_kbps[clients] * 1000.0)
-    return Latency(down_s.astype(np.float64), compute_s.astype(np.float64),
-                   up_s.astype(np.float64))
+    return Latency(down_s.astype(np.float64), compute_s.astype(np.float64), up_s.astype(np.float64))

@@ -9,7 +9,7 @@ import numpy as np
 from fedjaxscale.systems.availability import Availability
 from fedjaxscale.systems.errors import TraceError
 
-MAPPINGS = ('identity', 'modulo', 'fedscale')
+MAPPINGS = ("identity", "modulo", "fedscale")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,8 +30,9 @@ class SystemTraces:
   availability: Availability
 
   @classmethod
-  def create(cls, compute_ms, down_kbps, up_kbps, availability: Availability,
-             *, source: str = '<memory>', client_names=None) -> 'SystemTraces':
+  def create(
+    cls, compute_ms, down_kbps, up_kbps, availability: Availability, *, source: str = "<memory>", client_names=None
+  ) -> SystemTraces:
     """Validates and returns traces.
 
     Raises:
@@ -39,29 +40,26 @@ class SystemTraces:
         not > 0, or arrays of different lengths; the message names ``source``
         and the client.
     """
-    name = (lambda i: i) if client_names is None else (
-        lambda i: client_names[i])
+    name = (lambda i: i) if client_names is None else (lambda i: client_names[i])
     arrays = {}
-    for field, value in (('compute_ms_per_sample', compute_ms),
-                         ('down_kbps', down_kbps), ('up_kbps', up_kbps)):
+    for field, value in (("compute_ms_per_sample", compute_ms), ("down_kbps", down_kbps), ("up_kbps", up_kbps)):
       a = np.asarray(value, np.float64)
       if a.ndim != 1 or a.size == 0:
-        raise TraceError(source, None,
-                         f'{field} must be a non-empty 1-D array'
-                         if a.size == 0 else f'{field} must be 1-D')
+        raise TraceError(
+          source, None, f"{field} must be a non-empty 1-D array" if a.size == 0 else f"{field} must be 1-D"
+        )
       bad = ~np.isfinite(a) | (a <= 0)
       if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        got = 'NaN' if np.isnan(a[i]) else a[i]
-        raise TraceError(source, name(i),
-                         f'{field} must be finite and > 0, got {got}')
+        got = "NaN" if np.isnan(a[i]) else a[i]
+        raise TraceError(source, name(i), f"{field} must be finite and > 0, got {got}")
       arrays[field] = a.astype(np.float32)
     sizes = {a.size for a in arrays.values()} | {availability.num_clients}
     if len(sizes) != 1:
-      raise TraceError(source, None, 'speeds, bandwidths and availability '
-                       f'cover different numbers of clients: {sorted(sizes)}')
-    return cls(arrays['compute_ms_per_sample'], arrays['down_kbps'],
-               arrays['up_kbps'], availability)
+      raise TraceError(
+        source, None, f"speeds, bandwidths and availability cover different numbers of clients: {sorted(sizes)}"
+      )
+    return cls(arrays["compute_ms_per_sample"], arrays["down_kbps"], arrays["up_kbps"], availability)
 
   @property
   def num_clients(self) -> int:
@@ -69,17 +67,16 @@ class SystemTraces:
 
   @property
   def nbytes(self) -> int:
-    return int(self.compute_ms.nbytes + self.down_kbps.nbytes +
-               self.up_kbps.nbytes + self.availability.nbytes)
+    return int(self.compute_ms.nbytes + self.down_kbps.nbytes + self.up_kbps.nbytes + self.availability.nbytes)
 
-  def take(self, members) -> 'SystemTraces':
+  def take(self, members) -> SystemTraces:
     """Traces of a new population whose member ``i`` is ``members[i]`` here."""
     members = np.asarray(members, np.int64)
-    return SystemTraces(self.compute_ms[members], self.down_kbps[members],
-                        self.up_kbps[members], self.availability.take(members))
+    return SystemTraces(
+      self.compute_ms[members], self.down_kbps[members], self.up_kbps[members], self.availability.take(members)
+    )
 
-  def for_population(self, num_clients: int,
-                     mapping: str = 'modulo') -> 'SystemTraces':
+  def for_population(self, num_clients: int, mapping: str = "modulo") -> SystemTraces:
     """Assigns a trace entry to each of ``num_clients`` population members.
 
     Args:
@@ -93,18 +90,16 @@ class SystemTraces:
     return self.take(population_rows(num_clients, self.num_clients, mapping))
 
 
-def population_rows(num_clients: int, num_entries: int,
-                    mapping: str) -> np.ndarray:
+def population_rows(num_clients: int, num_entries: int, mapping: str) -> np.ndarray:
   """Trace entry of each population member under ``mapping`` (see
   `SystemTraces.for_population`)."""
   if mapping not in MAPPINGS:
-    raise ValueError(f'mapping must be one of {MAPPINGS}, got {mapping!r}')
+    raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
   ids = np.arange(num_clients, dtype=np.int64)
-  if mapping == 'identity':
+  if mapping == "identity":
     if num_clients > num_entries:
-      raise ValueError(f'identity mapping needs {num_clients} trace entries, '
-                       f'the trace has {num_entries}')
+      raise ValueError(f"identity mapping needs {num_clients} trace entries, the trace has {num_entries}")
     return ids
-  if mapping == 'fedscale':
+  if mapping == "fedscale":
     ids += 1
   return ids % num_entries

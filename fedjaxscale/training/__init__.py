@@ -7,12 +7,12 @@ cheap to import (no JAX) for tools that only read a run's files.
 import importlib
 
 _EXPORTS = {
-    "ConfigError": "fedjaxscale.training.setup",
-    "build": "fedjaxscale.training.setup",
-    "check_config": "fedjaxscale.training.setup",
-    "get_base": "fedjaxscale.training.defaults",
-    "holds_run": "fedjaxscale.training.loop",
-    "train_and_evaluate": "fedjaxscale.training.loop",
+  "ConfigError": "fedjaxscale.training.setup",
+  "build": "fedjaxscale.training.setup",
+  "check_config": "fedjaxscale.training.setup",
+  "get_base": "fedjaxscale.training.defaults",
+  "holds_run": "fedjaxscale.training.loop",
+  "train_and_evaluate": "fedjaxscale.training.loop",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -72,7 +72,8 @@ class Checkpointer:
   def __init__(self, directory: str | pathlib.Path, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).resolve()
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    )
 
   def latest_round(self) -> int | None:
     return self._manager.latest_step()
@@ -80,17 +81,25 @@ class Checkpointer:
   def save(self, round_: int, server_state: Any, host_state: dict) -> None:
     arrays, rest = split_host_state(host_state)
     arrays.setdefault("_", np.zeros(1, np.int8))  # an item may not be empty
-    self._manager.save(round_, args=ocp.args.Composite(
+    self._manager.save(
+      round_,
+      args=ocp.args.Composite(
         server=ocp.args.StandardSave(server_state),
         host_arrays=ocp.args.StandardSave(arrays),
-        host_json=ocp.args.JsonSave(rest)))
+        host_json=ocp.args.JsonSave(rest),
+      ),
+    )
 
   def restore(self, round_: int, server_target: Any) -> tuple[Any, dict]:
     """Restores round ``round_``; ``server_target`` gives the server state's structure and sharding."""
-    restored = self._manager.restore(round_, args=ocp.args.Composite(
+    restored = self._manager.restore(
+      round_,
+      args=ocp.args.Composite(
         server=ocp.args.StandardRestore(server_target),
         host_arrays=ocp.args.StandardRestore(),
-        host_json=ocp.args.JsonRestore()))
+        host_json=ocp.args.JsonRestore(),
+      ),
+    )
     arrays = dict(restored.host_arrays)
     arrays.pop("_", None)
     return restored.server, merge_host_state(arrays, restored.host_json)

@@ -20,8 +20,14 @@ import jax
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, auto: bool = False, heartbeat_timeout_s: int = 60) -> bool:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  auto: bool = False,
+  heartbeat_timeout_s: int = 60,
+) -> bool:
   """Joins a multi-process run when asked to; returns whether one was joined.
 
   Args:
@@ -41,12 +47,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if not (explicit or auto):
     return False
   if explicit and None in (coordinator_address, num_processes, process_id):
-    raise ValueError("a multi-process run needs all of --coordinator_address, --num_processes and --process_id "
-                     f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
+    raise ValueError(
+      "a multi-process run needs all of --coordinator_address, --num_processes and --process_id "
+      f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})"
+    )
   # CPU collectives across processes go over gloo (a no-op for accelerator collectives).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             heartbeat_timeout_seconds=heartbeat_timeout_s)
+  jax.distributed.initialize(
+    coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_s
+  )
   return True
 
 
@@ -54,6 +63,7 @@ def barrier(name: str) -> None:
   """Waits until every process gets here (a no-op in single-process runs)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 

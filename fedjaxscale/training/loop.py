@@ -35,16 +35,26 @@ from fedjaxscale.training.distributed import is_lead
 from fedjaxscale.training.progress import Progress
 from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes
 
-RUN_FILES = ("config.json", "metrics.jsonl", "timeline.csv", "availability.csv", "summary.json", "tensorboard",
-             "plots", "checkpoints", "data")
+RUN_FILES = (
+  "config.json",
+  "metrics.jsonl",
+  "timeline.csv",
+  "availability.csv",
+  "summary.json",
+  "tensorboard",
+  "plots",
+  "checkpoints",
+  "data",
+)
 
 
 def holds_run(workdir: pathlib.Path) -> bool:
   return any((workdir / name).exists() for name in ("config.json", "metrics.jsonl", "checkpoints"))
 
 
-def train_and_evaluate(config, workdir, *, resume: bool = False, overwrite: bool = False,
-                       show_progress: bool = True) -> dict[str, Any]:
+def train_and_evaluate(
+  config, workdir, *, resume: bool = False, overwrite: bool = False, show_progress: bool = True
+) -> dict[str, Any]:
   """Runs the experiment ``config`` in ``workdir`` and returns its summary.
 
   Args:
@@ -139,14 +149,16 @@ class _Run:
         self.writer.write_round(record, durations)
         if self.progress is not None:
           ev = record.get("eval", {})
-          self.progress.update(self.round, accuracy=ev.get("accuracy"), loss=record.get("train_loss"),
-                               clock_s=record["clock_s"])
+          self.progress.update(
+            self.round, accuracy=ev.get("accuracy"), loss=record.get("train_loss"), clock_s=record["clock_s"]
+          )
         if config.checkpoint_every and (self.round % config.checkpoint_every == 0 or self.round == config.rounds):
           self._save(self.wall_before + time.perf_counter() - start)
       wall = self.wall_before + time.perf_counter() - start
       records = outputs.read_metrics(self.workdir) if self.lead else []
-      summary = outputs.summarize(records, target_accuracy=config.target_accuracy or None,
-                                  wall_s=wall, clients_trained=self.clients_trained)
+      summary = outputs.summarize(
+        records, target_accuracy=config.target_accuracy or None, wall_s=wall, clients_trained=self.clients_trained
+      )
       self.writer.write_summary(summary)
       if self.lead:
         plots.make_plots(self.workdir)
@@ -171,12 +183,17 @@ class _Run:
       keep = done > 0
       members = np.concatenate([members, plan.clients[late][keep]])
       max_steps = np.concatenate([max_steps, done[keep]])
-    record = {"clock_s": float(plan.end_time), "round_duration_s": float(plan.duration),
-              "selected": int(len(plan.clients)), "aggregated": int(len(plan.aggregated)),
-              "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
-              "dropped": int(np.sum(plan.status == Status.DROPPED)),
-              "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-              "bytes_up": model_bytes(p.num_params) * int(len(members)), "trained": int(len(members))}
+    record = {
+      "clock_s": float(plan.end_time),
+      "round_duration_s": float(plan.duration),
+      "selected": int(len(plan.clients)),
+      "aggregated": int(len(plan.aggregated)),
+      "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
+      "dropped": int(np.sum(plan.status == Status.DROPPED)),
+      "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
+      "bytes_up": model_bytes(p.num_params) * int(len(members)),
+      "trained": int(len(members)),
+    }
     if plan.short:
       record["note"] = plan.message
     if len(members):
@@ -185,16 +202,20 @@ class _Run:
       tic = self._tick("gather", tic)
       self.state, diagnostics = self.algorithm.apply(self.state, cohort, jax.random.fold_in(self.key, self.round))
       self._tick("engine", tic)
-      p.planner.report(plan, diagnostics["client_loss_sq"][:len(plan.aggregated)])
-      record.update(train_loss=diagnostics["train_loss"], nonfinite=diagnostics["num_nonfinite"],
-                    padding_efficiency=diagnostics["padding_efficiency"])
+      p.planner.report(plan, diagnostics["client_loss_sq"][: len(plan.aggregated)])
+      record.update(
+        train_loss=diagnostics["train_loss"],
+        nonfinite=diagnostics["num_nonfinite"],
+        padding_efficiency=diagnostics["padding_efficiency"],
+      )
       self.clients_trained += len(members)
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
       p.planner.report(plan, np.zeros(0))
     ended = np.minimum(plan.finish, plan.drop_time)  # the upload's end, or when the client went offline
-    self.writer.write_timeline(self.round + 1, plan.clients, plan.status, plan.start, plan.download_end,
-                               plan.compute_end, ended, ended)
+    self.writer.write_timeline(
+      self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
+    )
     finished = plan.status == Status.AGGREGATED
     return record, (plan.finish - plan.start)[finished]
 
@@ -214,11 +235,13 @@ class _Run:
       cohort = self._cohort(plan.clients[group], weights=plan.weight[group], seed_offset=int(step))
       tic = self._tick("gather", tic)
       key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), int(step))
-      aggregate, per_client = self.engine.run(self.algorithm.client_program, Shared(self.state.params, self.state.round),
-                                              cohort, key)
+      aggregate, per_client = self.engine.run(
+        self.algorithm.client_program, Shared(self.state.params, self.state.round), cohort, key
+      )
       self._tick("engine", tic)
-      self.pending[int(step)] = aggregate if int(step) not in self.pending else \
-          jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
+      self.pending[int(step)] = (
+        aggregate if int(step) not in self.pending else jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
+      )
       losses[np.flatnonzero(group[accepted])] = per_client["loss_sq"]
       ok = ~per_client["nonfinite"]
       train_loss.append(np.sum(per_client["loss"][ok] * per_client["examples_trained"][ok]))
@@ -234,16 +257,29 @@ class _Run:
       jax.block_until_ready(self.state.params)
     self._tick("engine", tic)
     # An async plan's finish is the arrival time, or for dropped clients the time they left.
-    self.writer.write_timeline(self.round + 1, plan.clients, plan.status, plan.start,
-                               plan.download_end, plan.compute_end, plan.finish, plan.finish)
-    record = {"clock_s": float(plan.step_time), "round_duration_s": float(plan.step_time - plan.start.min())
-              if len(plan.start) else 0.0,
-              "selected": int(len(plan.clients)), "aggregated": int(len(plan.step_clients)), "stragglers": 0,
-              "dropped": int(np.sum(plan.status == Status.DROPPED)),
-              "discarded": int(np.sum(plan.status == Status.DISCARDED)),
-              "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-              "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
-              "trained": int(accepted.sum()), "train_loss": float(sum(train_loss) / max(trained, 1.0))}
+    self.writer.write_timeline(
+      self.round + 1,
+      plan.clients,
+      plan.status,
+      plan.start,
+      plan.download_end,
+      plan.compute_end,
+      plan.finish,
+      plan.finish,
+    )
+    record = {
+      "clock_s": float(plan.step_time),
+      "round_duration_s": float(plan.step_time - plan.start.min()) if len(plan.start) else 0.0,
+      "selected": int(len(plan.clients)),
+      "aggregated": int(len(plan.step_clients)),
+      "stragglers": 0,
+      "dropped": int(np.sum(plan.status == Status.DROPPED)),
+      "discarded": int(np.sum(plan.status == Status.DISCARDED)),
+      "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
+      "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
+      "trained": int(accepted.sum()),
+      "train_loss": float(sum(train_loss) / max(trained, 1.0)),
+    }
     return record, (plan.finish - plan.start)[accepted]
 
   def _tick(self, phase: str, since: float) -> float:
@@ -255,9 +291,17 @@ class _Run:
     local = self.config.local
     mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
     seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003 + seed_offset
-    return gather_cohort(self.p.train, members, local.batch_size, **mode, seed=seed, weights=weights,
-                         max_steps=max_steps, lane_multiple=self.engine.client_multiple,
-                         reuse_shapes=sorted(self.engine.lane_shapes))
+    return gather_cohort(
+      self.p.train,
+      members,
+      local.batch_size,
+      **mode,
+      seed=seed,
+      weights=weights,
+      max_steps=max_steps,
+      lane_multiple=self.engine.client_multiple,
+      reuse_shapes=sorted(self.engine.lane_shapes),
+    )
 
   def _availability(self):
     """Online clients at each simulated hour of the trace period (for the online-clients plot)."""
@@ -272,13 +316,13 @@ class _Run:
   def _save(self, wall_s: float) -> None:
     pending = {str(k): jax.tree.map(np.asarray, jax.device_get(v._asdict())) for k, v in self.pending.items()}
     host = {
-        "round": self.round,
-        "wall_s": wall_s,
-        "clients_trained": self.clients_trained,
-        "planner": self.p.planner.state_dict(),
-        "lane_shapes": np.asarray(sorted(self.engine.lane_shapes), np.int64).reshape(-1, 2),
-        "pending": pending,
-        "pending_steps": sorted(int(k) for k in self.pending),
+      "round": self.round,
+      "wall_s": wall_s,
+      "clients_trained": self.clients_trained,
+      "planner": self.p.planner.state_dict(),
+      "lane_shapes": np.asarray(sorted(self.engine.lane_shapes), np.int64).reshape(-1, 2),
+      "pending": pending,
+      "pending_steps": sorted(int(k) for k in self.pending),
     }
     self.checkpointer.save(self.round, self.state, host)
 
@@ -296,5 +340,6 @@ class _Run:
     for k in host.get("pending_steps", []):
       saved = host["pending"][str(k)]
       update = jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(saved["update_sum"]))
-      self.pending[int(k)] = self.engine.place_replicated(Aggregate(
-          update, jnp.asarray(saved["weight_sum"]), jnp.asarray(saved["num_nonfinite"])))
+      self.pending[int(k)] = self.engine.place_replicated(
+        Aggregate(update, jnp.asarray(saved["weight_sum"]), jnp.asarray(saved["num_nonfinite"]))
+      )

@@ -64,37 +64,39 @@ import os
 import pathlib
 import struct
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from fedjaxscale.scheduler.plans import Status
 
-CONFIG = 'config.json'
-METRICS = 'metrics.jsonl'
-TIMELINE = 'timeline.csv'
-AVAILABILITY = 'availability.csv'
-SUMMARY = 'summary.json'
-TENSORBOARD = 'tensorboard'
-PLOTS = 'plots'
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TIMELINE = "timeline.csv"
+AVAILABILITY = "availability.csv"
+SUMMARY = "summary.json"
+TENSORBOARD = "tensorboard"
+PLOTS = "plots"
 
-TIMELINE_COLUMNS = ('round', 'client', 'status', 'start', 'download', 'compute', 'upload', 'finish')
-TIMELINE_HEADER = ','.join(TIMELINE_COLUMNS)
-AVAILABILITY_HEADER = 'hour,online'
+TIMELINE_COLUMNS = ("round", "client", "status", "start", "download", "compute", "upload", "finish")
+TIMELINE_HEADER = ",".join(TIMELINE_COLUMNS)
+AVAILABILITY_HEADER = "hour,online"
 # Index = the scheduler's `Status` value, so plans' int8 status arrays can be passed directly.
 STATUS_NAMES = tuple(s.name.lower() for s in sorted(Status))
 
 # TensorBoard tags (FedScale's names). Every tag but TIME_TO_ACCURACY has step = round.
-ROUND_TO_LOSS = 'Train/round_to_loss'
-ROUND_DURATION = 'Train/round_duration'
-CLIENT_DURATION = 'Train/client_duration'
-ROUND_TO_ACCURACY = 'Test/round_to_accuracy'
-TEST_ROUND_TO_LOSS = 'Test/round_to_loss'
-TIME_TO_ACCURACY = 'Test/time_to_accuracy'
+ROUND_TO_LOSS = "Train/round_to_loss"
+ROUND_DURATION = "Train/round_duration"
+CLIENT_DURATION = "Train/client_duration"
+ROUND_TO_ACCURACY = "Test/round_to_accuracy"
+TEST_ROUND_TO_LOSS = "Test/round_to_loss"
+TIME_TO_ACCURACY = "Test/time_to_accuracy"
 
-_EVENT_GLOB = 'events.out.tfevents.*'
-_TIMELINE_DTYPE = np.dtype([('round', np.int64), ('client', np.int64), ('status', 'U10')]
-                           + [(c, np.float64) for c in TIMELINE_COLUMNS[3:]])
+_EVENT_GLOB = "events.out.tfevents.*"
+_TIMELINE_DTYPE = np.dtype(
+  [("round", np.int64), ("client", np.int64), ("status", "U10")] + [(c, np.float64) for c in TIMELINE_COLUMNS[3:]]
+)
 
 
 class RunWriter:
@@ -111,8 +113,7 @@ class RunWriter:
       describes a finished run).
   """
 
-  def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True,
-               resume_round: int | None = None):
+  def __init__(self, workdir, *, enabled: bool = True, tensorboard: bool = True, resume_round: int | None = None):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
     self._metrics = self._timeline = self._events = None
@@ -120,14 +121,14 @@ class RunWriter:
     if not enabled:
       return
     if resume_round is not None and (int(resume_round) != resume_round or resume_round < 0):
-      raise ValueError(f'resume_round must be an int >= 0, got {resume_round!r}')
+      raise ValueError(f"resume_round must be an int >= 0, got {resume_round!r}")
     self.workdir.mkdir(parents=True, exist_ok=True)
     (self.workdir / SUMMARY).unlink(missing_ok=True)
     metrics, timeline = self.workdir / METRICS, self.workdir / TIMELINE
     tb_dir = self.workdir / TENSORBOARD
     if resume_round is None:
-      metrics.write_text('')
-      timeline.write_text(TIMELINE_HEADER + '\n')
+      metrics.write_text("")
+      timeline.write_text(TIMELINE_HEADER + "\n")
       for path in tb_dir.glob(_EVENT_GLOB):
         path.unlink()
     else:
@@ -136,15 +137,16 @@ class RunWriter:
       _truncate_timeline(timeline, self._last_round)
       for path in sorted(tb_dir.glob(_EVENT_GLOB)):
         _truncate_events(path, self._last_round)
-    self._metrics = open(metrics, 'a', encoding='utf-8')
-    self._timeline = open(timeline, 'a', encoding='utf-8')
+    self._metrics = open(metrics, "a", encoding="utf-8")
+    self._timeline = open(timeline, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+
       tb_dir.mkdir(exist_ok=True)
       # tensorboardX names files by the second; the index keeps a resumed run's file distinct
       # from (and sorted after) the previous ones even within the same second.
       index = len(list(tb_dir.glob(_EVENT_GLOB)))
-      self._events = event_file_writer.EventsWriter(str(tb_dir / 'events'), f'.{index:04d}')
+      self._events = event_file_writer.EventsWriter(str(tb_dir / "events"), f".{index:04d}")
       self._events.flush()
 
   def write_config(self, config: dict) -> None:
@@ -158,11 +160,11 @@ class RunWriter:
       return
     hours, counts = np.asarray(hours), np.asarray(counts)
     if hours.shape != counts.shape or hours.ndim != 1:
-      raise ValueError(f'hours and counts must be 1-D of one length, got {hours.shape} and {counts.shape}')
+      raise ValueError(f"hours and counts must be 1-D of one length, got {hours.shape} and {counts.shape}")
     if np.all(np.mod(hours, 1) == 0):
       hours = hours.astype(np.int64)
-    lines = [AVAILABILITY_HEADER] + [f'{_fmt(h)},{int(c)}' for h, c in zip(hours.tolist(), counts)]
-    _write_text_atomic(self.workdir / AVAILABILITY, '\n'.join(lines) + '\n')
+    lines = [AVAILABILITY_HEADER] + [f"{_fmt(h)},{int(c)}" for h, c in zip(hours.tolist(), counts)]
+    _write_text_atomic(self.workdir / AVAILABILITY, "\n".join(lines) + "\n")
 
   def write_round(self, record: dict, client_durations: np.ndarray | None = None) -> None:
     """Appends one round's metrics line and its TensorBoard scalars, then flushes both.
@@ -175,17 +177,26 @@ class RunWriter:
     """
     if not self.enabled:
       return
-    r = record.get('round')
+    r = record.get("round")
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r <= self._last_round:
       raise ValueError(f'record needs an int "round" > {self._last_round} (the last written), got {r!r}')
-    self._metrics.write(json.dumps(record, default=_json_default) + '\n')
+    self._metrics.write(json.dumps(record, default=_json_default) + "\n")
     self._metrics.flush()
     self._last_round = int(r)
     if self._events is not None:
       self._write_events(record, client_durations)
 
-  def write_timeline(self, round: int, clients, status: Sequence[str] | np.ndarray,  # pylint: disable=redefined-builtin
-                     start, download, compute, upload, finish) -> None:
+  def write_timeline(
+    self,
+    round: int,
+    clients,
+    status: Sequence[str] | np.ndarray,  # pylint: disable=redefined-builtin
+    start,
+    download,
+    compute,
+    upload,
+    finish,
+  ) -> None:
     """Appends one row per client of ``round`` to ``timeline.csv`` and flushes.
 
     Args:
@@ -198,23 +209,22 @@ class RunWriter:
       return
     clients = np.asarray(clients, dtype=np.int64).reshape(-1)
     status = np.asarray(status).reshape(-1)
-    if status.dtype.kind in 'iu':
+    if status.dtype.kind in "iu":
       if status.size and (status.min() < 0 or status.max() >= len(STATUS_NAMES)):
-        raise ValueError(f'status ints must be in [0, {len(STATUS_NAMES)}), got {np.unique(status)}')
+        raise ValueError(f"status ints must be in [0, {len(STATUS_NAMES)}), got {np.unique(status)}")
       words = [STATUS_NAMES[s] for s in status.tolist()]
     else:
       words = [str(s) for s in status.tolist()]
       unknown = set(words) - set(STATUS_NAMES)
       if unknown:
-        raise ValueError(f'unknown status {sorted(unknown)}; expected one of {STATUS_NAMES}')
+        raise ValueError(f"unknown status {sorted(unknown)}; expected one of {STATUS_NAMES}")
     times = [np.asarray(t, dtype=np.float64).reshape(-1) for t in (start, download, compute, upload, finish)]
     m = clients.size
     if len(words) != m or any(t.size != m for t in times):
-      raise ValueError(f'timeline arrays must all have {m} entries, got '
-                       f'{[len(words)] + [t.size for t in times]}')
+      raise ValueError(f"timeline arrays must all have {m} entries, got {[len(words)] + [t.size for t in times]}")
     r = int(round)
     rows = zip(clients.tolist(), words, *(t.tolist() for t in times))
-    self._timeline.write(''.join(f'{r},{c},{s},{a!r},{b!r},{d!r},{e!r},{f!r}\n' for c, s, a, b, d, e, f in rows))
+    self._timeline.write("".join(f"{r},{c},{s},{a!r},{b!r},{d!r},{e!r},{f!r}\n" for c, s, a, b, d, e, f in rows))
     self._timeline.flush()
 
   def write_summary(self, summary: dict) -> None:
@@ -237,7 +247,8 @@ class RunWriter:
   def _write_events(self, record: dict, client_durations) -> None:
     from tensorboardX import summary as tbsummary  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    r = int(record['round'])
+
+    r = int(record["round"])
     wall = time.time()
 
     def emit(summ, step):
@@ -245,23 +256,22 @@ class RunWriter:
 
     # Round-stepped events come first in each round: resume truncation relies on it to tell
     # which round a Test/time_to_accuracy event (stepped in minutes) belongs to.
-    for tag, value in ((ROUND_DURATION, record.get('round_duration_s')),
-                       (ROUND_TO_LOSS, record.get('train_loss'))):
+    for tag, value in ((ROUND_DURATION, record.get("round_duration_s")), (ROUND_TO_LOSS, record.get("train_loss"))):
       if value is not None:
         emit(tbsummary.scalar(tag, float(value)), r)
     if client_durations is not None:
       d = np.asarray(client_durations, dtype=np.float64).reshape(-1)
       d = d[np.isfinite(d)]
       if d.size:
-        emit(tbsummary.histogram(CLIENT_DURATION, d, bins='auto', max_bins=64), r)
-    ev = record.get('eval')
+        emit(tbsummary.histogram(CLIENT_DURATION, d, bins="auto", max_bins=64), r)
+    ev = record.get("eval")
     if isinstance(ev, dict):
-      if ev.get('loss') is not None:
-        emit(tbsummary.scalar(TEST_ROUND_TO_LOSS, float(ev['loss'])), r)
-      if ev.get('accuracy') is not None:
-        emit(tbsummary.scalar(ROUND_TO_ACCURACY, float(ev['accuracy'])), r)
-        if record.get('clock_s') is not None:
-          emit(tbsummary.scalar(TIME_TO_ACCURACY, float(ev['accuracy'])), int(record['clock_s'] // 60))
+      if ev.get("loss") is not None:
+        emit(tbsummary.scalar(TEST_ROUND_TO_LOSS, float(ev["loss"])), r)
+      if ev.get("accuracy") is not None:
+        emit(tbsummary.scalar(ROUND_TO_ACCURACY, float(ev["accuracy"])), r)
+        if record.get("clock_s") is not None:
+          emit(tbsummary.scalar(TIME_TO_ACCURACY, float(ev["accuracy"])), int(record["clock_s"] // 60))
     self._events.flush()
 
 
@@ -281,8 +291,8 @@ def read_metrics(workdir) -> list[dict]:
     except json.JSONDecodeError as e:
       if not complete:
         break
-      raise ValueError(f'{path}:{lineno}: malformed metrics line: {e}') from None
-    if not isinstance(rec, dict) or not isinstance(rec.get('round'), int):
+      raise ValueError(f"{path}:{lineno}: malformed metrics line: {e}") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("round"), int):
       raise ValueError(f'{path}:{lineno}: a metrics line must be a JSON object with an int "round"')
     records.append(rec)
   return records
@@ -294,14 +304,16 @@ def read_timeline(workdir) -> dict[str, np.ndarray]:
   path = pathlib.Path(workdir) / TIMELINE
   lines = [line for _, line, complete in _lines(path) if complete]
   if not lines or lines[0].strip() != TIMELINE_HEADER:
-    raise ValueError(f'{path}:1: expected the header {TIMELINE_HEADER!r}')
+    raise ValueError(f"{path}:1: expected the header {TIMELINE_HEADER!r}")
   if len(lines) == 1:
     table = np.zeros(0, _TIMELINE_DTYPE)
   else:
     try:
-      table = np.loadtxt(io.StringIO(''.join(lines[1:])), dtype=_TIMELINE_DTYPE, delimiter=',', ndmin=1)
+      table = np.loadtxt(io.StringIO("".join(lines[1:])), dtype=_TIMELINE_DTYPE, delimiter=",", ndmin=1)
     except ValueError as e:
-      raise ValueError(f'{path}: malformed timeline row ({e}; line numbers count from the row after the header)') from None
+      raise ValueError(
+        f"{path}: malformed timeline row ({e}; line numbers count from the row after the header)"
+      ) from None
   return {name: table[name] for name in TIMELINE_COLUMNS}
 
 
@@ -310,11 +322,11 @@ def read_availability(workdir) -> tuple[np.ndarray, np.ndarray]:
   path = pathlib.Path(workdir) / AVAILABILITY
   lines = [line for _, line, complete in _lines(path) if complete]
   if not lines or lines[0].strip() != AVAILABILITY_HEADER:
-    raise ValueError(f'{path}:1: expected the header {AVAILABILITY_HEADER!r}')
+    raise ValueError(f"{path}:1: expected the header {AVAILABILITY_HEADER!r}")
   try:
-    table = np.loadtxt(io.StringIO(''.join(lines[1:])), delimiter=',', ndmin=2).reshape(-1, 2)
+    table = np.loadtxt(io.StringIO("".join(lines[1:])), delimiter=",", ndmin=2).reshape(-1, 2)
   except ValueError as e:
-    raise ValueError(f'{path}: malformed row ({e})') from None
+    raise ValueError(f"{path}: malformed row ({e})") from None
   return table[:, 0], table[:, 1].astype(np.int64)
 
 
@@ -327,13 +339,18 @@ def read_scalars(workdir) -> dict[str, list[tuple[int, float]]]:
   for path in sorted((pathlib.Path(workdir) / TENSORBOARD).glob(_EVENT_GLOB)):
     for event in _read_events(path):
       for v in event.summary.value:
-        if v.WhichOneof('value') == 'simple_value':
+        if v.WhichOneof("value") == "simple_value":
           out.setdefault(v.tag, []).append((int(event.step), float(v.simple_value)))
   return out
 
 
-def summarize(records: list[dict], *, target_accuracy: float | None = None, wall_s: float | None = None,
-              clients_trained: int | None = None) -> dict:
+def summarize(
+  records: list[dict],
+  *,
+  target_accuracy: float | None = None,
+  wall_s: float | None = None,
+  clients_trained: int | None = None,
+) -> dict:
   """The run's summary from its per-round records (as `read_metrics` returns them).
 
   Args:
@@ -350,33 +367,32 @@ def summarize(records: list[dict], *, target_accuracy: float | None = None, wall
   """
   last = records[-1] if records else {}
   if wall_s is None:
-    wall_s = last.get('wall_s')
+    wall_s = last.get("wall_s")
   if clients_trained is None:
-    clients_trained = int(sum(r.get('aggregated') or 0 for r in records))
-  evals = [(r, r['eval']) for r in records
-           if isinstance(r.get('eval'), dict) and _finite(r['eval'].get('accuracy'))]
-  best = max(evals, key=lambda re: re[1]['accuracy'], default=None)  # first of ties
+    clients_trained = int(sum(r.get("aggregated") or 0 for r in records))
+  evals = [(r, r["eval"]) for r in records if isinstance(r.get("eval"), dict) and _finite(r["eval"].get("accuracy"))]
+  best = max(evals, key=lambda re: re[1]["accuracy"], default=None)  # first of ties
   reached = None
   if target_accuracy is not None:
-    reached = next((r for r, ev in evals if ev['accuracy'] >= target_accuracy), None)
-  train = [r['train_loss'] for r in records if _finite(r.get('train_loss'))]
+    reached = next((r for r, ev in evals if ev["accuracy"] >= target_accuracy), None)
+  train = [r["train_loss"] for r in records if _finite(r.get("train_loss"))]
   return {
-      'rounds': int(last.get('round', 0)),
-      'simulated_hours': float(last.get('clock_s', 0.0)) / 3600.0,
-      'wall_s': None if wall_s is None else float(wall_s),
-      'clients_trained': int(clients_trained),
-      'clients_per_s': clients_trained / wall_s if wall_s else None,
-      'best_accuracy': best[1]['accuracy'] if best else None,
-      'best_accuracy_round': best[0]['round'] if best else None,
-      'final_accuracy': evals[-1][1]['accuracy'] if evals else None,
-      'final_accuracy_round': evals[-1][0]['round'] if evals else None,
-      'final_eval_loss': evals[-1][1].get('loss') if evals else None,
-      'final_train_loss': train[-1] if train else None,
-      'target_accuracy': target_accuracy,
-      'time_to_target_hours': reached['clock_s'] / 3600.0 if reached else None,
-      'time_to_target_round': reached['round'] if reached else None,
-      'bytes_down': int(sum(r.get('bytes_down') or 0 for r in records)),
-      'bytes_up': int(sum(r.get('bytes_up') or 0 for r in records)),
+    "rounds": int(last.get("round", 0)),
+    "simulated_hours": float(last.get("clock_s", 0.0)) / 3600.0,
+    "wall_s": None if wall_s is None else float(wall_s),
+    "clients_trained": int(clients_trained),
+    "clients_per_s": clients_trained / wall_s if wall_s else None,
+    "best_accuracy": best[1]["accuracy"] if best else None,
+    "best_accuracy_round": best[0]["round"] if best else None,
+    "final_accuracy": evals[-1][1]["accuracy"] if evals else None,
+    "final_accuracy_round": evals[-1][0]["round"] if evals else None,
+    "final_eval_loss": evals[-1][1].get("loss") if evals else None,
+    "final_train_loss": train[-1] if train else None,
+    "target_accuracy": target_accuracy,
+    "time_to_target_hours": reached["clock_s"] / 3600.0 if reached else None,
+    "time_to_target_round": reached["round"] if reached else None,
+    "bytes_down": int(sum(r.get("bytes_down") or 0 for r in records)),
+    "bytes_up": int(sum(r.get("bytes_up") or 0 for r in records)),
   }
 
 
@@ -395,9 +411,9 @@ def _fmt(x) -> str:
 def _json_default(o: Any):
   if isinstance(o, np.generic):
     return o.item()
-  if hasattr(o, '__array__'):  # NumPy (or JAX, already on the host) arrays
+  if hasattr(o, "__array__"):  # NumPy (or JAX, already on the host) arrays
     return np.asarray(o).tolist()
-  raise TypeError(f'{type(o).__name__} is not JSON serializable')
+  raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
 def _json_default_str(o: Any):
@@ -408,62 +424,64 @@ def _json_default_str(o: Any):
 
 
 def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f'.{path.name}.tmp')  # hidden: never matches a reader's glob
-  tmp.write_text(text, encoding='utf-8')
+  tmp = path.with_name(f".{path.name}.tmp")  # hidden: never matches a reader's glob
+  tmp.write_text(text, encoding="utf-8")
   os.replace(tmp, path)
 
 
 def _write_json_atomic(path: pathlib.Path, obj, *, default) -> None:
-  _write_text_atomic(path, json.dumps(obj, indent=2, default=default) + '\n')
+  _write_text_atomic(path, json.dumps(obj, indent=2, default=default) + "\n")
 
 
 def _lines(path: pathlib.Path) -> Iterator[tuple[int, str, bool]]:
   """Yields ``(lineno, line, complete)``; ``complete`` is False for a last line with no newline."""
   if not path.is_file():
-    raise FileNotFoundError(f'{path} not found (is {path.parent} a run directory?)')
-  with open(path, encoding='utf-8') as f:
+    raise FileNotFoundError(f"{path} not found (is {path.parent} a run directory?)")
+  with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
-      yield lineno, line, line.endswith('\n')
+      yield lineno, line, line.endswith("\n")
 
 
 def _truncate_lines(path: pathlib.Path, keep_line) -> None:
   """Rewrites ``path`` keeping the complete lines ``keep_line(lineno, line)`` accepts."""
   kept = [line for lineno, line, complete in _lines(path) if complete and keep_line(lineno, line)]
-  _write_text_atomic(path, ''.join(kept))
+  _write_text_atomic(path, "".join(kept))
 
 
 def _truncate_metrics(path: pathlib.Path, last_round: int) -> None:
   if not path.exists():
-    path.write_text('')
+    path.write_text("")
   records = read_metrics(path.parent)
-  have = records[-1]['round'] if records else 0
+  have = records[-1]["round"] if records else 0
   if have < last_round:
-    raise ValueError(f'{path} ends at round {have}, but the run resumes after round {last_round}: '
-                     'a round\'s outputs must be written before its checkpoint is saved')
+    raise ValueError(
+      f"{path} ends at round {have}, but the run resumes after round {last_round}: "
+      "a round's outputs must be written before its checkpoint is saved"
+    )
 
   def keep(lineno, line):
     try:
-      return json.loads(line)['round'] <= last_round
+      return json.loads(line)["round"] <= last_round
     except (json.JSONDecodeError, KeyError, TypeError):
-      raise ValueError(f'{path}:{lineno}: malformed metrics line') from None
+      raise ValueError(f"{path}:{lineno}: malformed metrics line") from None
 
   _truncate_lines(path, lambda n, line: bool(line.strip()) and keep(n, line))
 
 
 def _truncate_timeline(path: pathlib.Path, last_round: int) -> None:
-  if not path.exists() or not path.read_text(encoding='utf-8').strip():
-    path.write_text(TIMELINE_HEADER + '\n')
+  if not path.exists() or not path.read_text(encoding="utf-8").strip():
+    path.write_text(TIMELINE_HEADER + "\n")
     return
 
   def keep(lineno, line):
     if lineno == 1:
       if line.strip() != TIMELINE_HEADER:
-        raise ValueError(f'{path}:1: expected the header {TIMELINE_HEADER!r}')
+        raise ValueError(f"{path}:1: expected the header {TIMELINE_HEADER!r}")
       return True
     try:
-      return int(line.split(',', 1)[0]) <= last_round
+      return int(line.split(",", 1)[0]) <= last_round
     except ValueError:
-      raise ValueError(f'{path}:{lineno}: malformed timeline row') from None
+      raise ValueError(f"{path}:{lineno}: malformed timeline row") from None
 
   _truncate_lines(path, keep)
 
@@ -471,16 +489,17 @@ def _truncate_timeline(path: pathlib.Path, last_round: int) -> None:
 def _read_records(path: pathlib.Path) -> Iterator[bytes]:
   """TFRecord framing: u64 length, u32 masked CRC of it, data, u32 masked CRC of the data."""
   from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+
   data = path.read_bytes()
   pos = 0
   while pos + 12 <= len(data):
-    header = data[pos:pos + 8]
-    (length,), (header_crc,) = struct.unpack('<Q', header), struct.unpack('<I', data[pos + 8:pos + 12])
+    header = data[pos : pos + 8]
+    (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[pos + 8 : pos + 12])
     end = pos + 12 + length + 4
     if header_crc != masked_crc32c(header) or end > len(data):
       return  # a torn tail: the writer was killed mid-record
-    body = data[pos + 12:pos + 12 + length]
-    if struct.unpack('<I', data[end - 4:end])[0] != masked_crc32c(body):
+    body = data[pos + 12 : pos + 12 + length]
+    if struct.unpack("<I", data[end - 4 : end])[0] != masked_crc32c(body):
       return
     yield body
     pos = end
@@ -488,6 +507,7 @@ def _read_records(path: pathlib.Path) -> Iterator[bytes]:
 
 def _read_events(path: pathlib.Path):
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   for body in _read_records(path):
     yield event_pb2.Event.FromString(body)
 
@@ -496,6 +516,7 @@ def _truncate_events(path: pathlib.Path, last_round: int) -> None:
   """Keeps the events of rounds ``<= last_round`` (and non-summary events) of one event file."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   from tensorboardX.record_writer import masked_crc32c  # pylint: disable=g-import-not-at-top
+
   out = bytearray()
   current = 0  # round of the last round-stepped event: Test/time_to_accuracy is stepped in minutes
   for body in _read_records(path):
@@ -505,8 +526,8 @@ def _truncate_events(path: pathlib.Path, last_round: int) -> None:
       current = event.step
     if tags and current > last_round:
       continue
-    header = struct.pack('<Q', len(body))
-    out += header + struct.pack('<I', masked_crc32c(header)) + body + struct.pack('<I', masked_crc32c(body))
-  tmp = path.with_name(f'.{path.name}.tmp')
+    header = struct.pack("<Q", len(body))
+    out += header + struct.pack("<I", masked_crc32c(header)) + body + struct.pack("<I", masked_crc32c(body))
+  tmp = path.with_name(f".{path.name}.tmp")
   tmp.write_bytes(bytes(out))
   os.replace(tmp, path)

@@ -26,7 +26,7 @@ import logging
 import math
 import pathlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -34,16 +34,22 @@ from fedjaxscale.training import outputs
 
 _log = logging.getLogger(__name__)
 
-_PHASES = (('download', 'start', '#4C72B0'), ('compute', 'download', '#DD8452'), ('upload', 'compute', '#55A868'))
-_FADED = {'straggler': 0.35, 'dropped': 0.35, 'discarded': 0.35}
+_PHASES = (("download", "start", "#4C72B0"), ("compute", "download", "#DD8452"), ("upload", "compute", "#55A868"))
+_FADED = {"straggler": 0.35, "dropped": 0.35, "discarded": 0.35}
 
 
 class _Skip(Exception):
   """A plot's data is absent."""
 
 
-def make_plots(workdir, *, out_dir=None, max_gantt_clients: int = 60,
-               gantt_rounds: int | Sequence[int] = 3, only: Sequence[str] | None = None) -> list[pathlib.Path]:
+def make_plots(
+  workdir,
+  *,
+  out_dir=None,
+  max_gantt_clients: int = 60,
+  gantt_rounds: int | Sequence[int] = 3,
+  only: Sequence[str] | None = None,
+) -> list[pathlib.Path]:
   """Writes the run's PNG plots and returns their paths.
 
   Args:
@@ -71,28 +77,29 @@ def _make_plots(workdir, out_dir, max_gantt_clients, gantt_rounds, only=None):
   out_dir.mkdir(parents=True, exist_ok=True)
   target = None
   if (workdir / outputs.SUMMARY).is_file():
-    target = json.loads((workdir / outputs.SUMMARY).read_text()).get('target_accuracy')
+    target = json.loads((workdir / outputs.SUMMARY).read_text()).get("target_accuracy")
   jobs = {
-      'accuracy_vs_round.png': lambda fig: _accuracy(fig, records, 'round', target),
-      'accuracy_vs_hours.png': lambda fig: _accuracy(fig, records, 'hours', target),
-      'train_loss_vs_round.png': lambda fig: _train_loss(fig, records),
-      'round_duration_hist.png': lambda fig: _round_durations(fig, records),
-      'gantt.png': lambda fig: _gantt(fig, workdir, records, max_gantt_clients, gantt_rounds),
-      'online_clients.png': lambda fig: _online(fig, workdir),
+    "accuracy_vs_round.png": lambda fig: _accuracy(fig, records, "round", target),
+    "accuracy_vs_hours.png": lambda fig: _accuracy(fig, records, "hours", target),
+    "train_loss_vs_round.png": lambda fig: _train_loss(fig, records),
+    "round_duration_hist.png": lambda fig: _round_durations(fig, records),
+    "gantt.png": lambda fig: _gantt(fig, workdir, records, max_gantt_clients, gantt_rounds),
+    "online_clients.png": lambda fig: _online(fig, workdir),
   }
   unknown = set(only or ()) - set(jobs)
   if unknown:
-    raise ValueError(f'unknown plots {sorted(unknown)}; known: {sorted(jobs)}')
+    raise ValueError(f"unknown plots {sorted(unknown)}; known: {sorted(jobs)}")
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   written, skipped = [], []
   for name, draw in jobs.items():
     if only is not None and name not in only:
       continue
-    fig = Figure(figsize=(8, 4.5), dpi=110, layout='constrained')
+    fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
     try:
       draw(fig)
     except _Skip as e:
-      _log.info('skipped %s: %s', name, e)
+      _log.info("skipped %s: %s", name, e)
       skipped.append((name, str(e)))
       continue
     path = out_dir / name
@@ -102,65 +109,73 @@ def _make_plots(workdir, out_dir, max_gantt_clients, gantt_rounds, only=None):
 
 
 def _evals(records):
-  return [r for r in records if isinstance(r.get('eval'), dict) and r['eval'].get('accuracy') is not None]
+  return [r for r in records if isinstance(r.get("eval"), dict) and r["eval"].get("accuracy") is not None]
 
 
 def _accuracy(fig, records, x_axis, target):
   evals = _evals(records)
   if not evals:
-    raise _Skip('no evaluated round in metrics.jsonl yet')
-  if x_axis == 'round':
-    x, label = np.array([r['round'] for r in evals]), 'round'
+    raise _Skip("no evaluated round in metrics.jsonl yet")
+  if x_axis == "round":
+    x, label = np.array([r["round"] for r in evals]), "round"
   else:
-    x, label = np.array([r['clock_s'] for r in evals]) / 3600, 'simulated time (hours)'
+    x, label = np.array([r["clock_s"] for r in evals]) / 3600, "simulated time (hours)"
   ax = fig.add_subplot()
-  acc = [r['eval']['accuracy'] for r in evals]
-  pcts = [[r['eval'].get(f'client_accuracy_p{p}') for r in evals] for p in (10, 50, 90)]
+  acc = [r["eval"]["accuracy"] for r in evals]
+  pcts = [[r["eval"].get(f"client_accuracy_p{p}") for r in evals] for p in (10, 50, 90)]
   if all(v is not None for v in pcts[0] + pcts[2]):
-    ax.fill_between(x, pcts[0], pcts[2], color='C0', alpha=0.15, lw=0, label='per-client accuracy, p10-p90')
+    ax.fill_between(x, pcts[0], pcts[2], color="C0", alpha=0.15, lw=0, label="per-client accuracy, p10-p90")
   if all(v is not None for v in pcts[1]):
-    ax.plot(x, pcts[1], color='C0', ls='--', lw=1, label='per-client accuracy, median')
-  ax.plot(x, acc, color='C0', marker='.' if len(x) < 60 else None, label='test accuracy')
+    ax.plot(x, pcts[1], color="C0", ls="--", lw=1, label="per-client accuracy, median")
+  ax.plot(x, acc, color="C0", marker="." if len(x) < 60 else None, label="test accuracy")
   if target is not None:
-    ax.axhline(target, color='0.4', ls=':', lw=1, label=f'target {target:g}')
-  ax.set(xlabel=label, ylabel='accuracy', title=f'Test accuracy vs {"round" if x_axis == "round" else "simulated time"}')
+    ax.axhline(target, color="0.4", ls=":", lw=1, label=f"target {target:g}")
+  ax.set(
+    xlabel=label, ylabel="accuracy", title=f"Test accuracy vs {'round' if x_axis == 'round' else 'simulated time'}"
+  )
   ax.grid(alpha=0.3)
-  ax.legend(loc='lower right', fontsize=8)
+  ax.legend(loc="lower right", fontsize=8)
 
 
 def _train_loss(fig, records):
-  pts = [(r['round'], r['train_loss']) for r in records
-         if isinstance(r.get('train_loss'), (int, float)) and math.isfinite(r['train_loss'])]
+  pts = [
+    (r["round"], r["train_loss"])
+    for r in records
+    if isinstance(r.get("train_loss"), (int, float)) and math.isfinite(r["train_loss"])
+  ]
   if not pts:
-    raise _Skip('no training loss in metrics.jsonl')
+    raise _Skip("no training loss in metrics.jsonl")
   ax = fig.add_subplot()
-  ax.plot(*zip(*pts), color='C1')
-  ax.set(xlabel='round', ylabel='training loss', title='Training loss of the aggregated clients')
+  ax.plot(*zip(*pts), color="C1")
+  ax.set(xlabel="round", ylabel="training loss", title="Training loss of the aggregated clients")
   ax.grid(alpha=0.3)
 
 
 def _time_unit(span_s: float) -> tuple[float, str]:
   if span_s < 600:
-    return 1.0, 's'
+    return 1.0, "s"
   if span_s < 6 * 3600:
-    return 60.0, 'min'
-  return 3600.0, 'h'
+    return 60.0, "min"
+  return 3600.0, "h"
 
 
 def _round_durations(fig, records):
-  d = np.array([r['round_duration_s'] for r in records if r.get('round_duration_s') is not None], float)
+  d = np.array([r["round_duration_s"] for r in records if r.get("round_duration_s") is not None], float)
   d = d[np.isfinite(d)]
   if not d.size:
-    raise _Skip('no round durations in metrics.jsonl')
+    raise _Skip("no round durations in metrics.jsonl")
   scale, unit = _time_unit(float(np.median(d)) * 10)
   d = d / scale
   ax = fig.add_subplot()
-  ax.hist(d, bins=min(50, max(5, d.size // 4)), color='C2', alpha=0.8)
-  for q, ls in ((50, '-'), (90, '--')):
+  ax.hist(d, bins=min(50, max(5, d.size // 4)), color="C2", alpha=0.8)
+  for q, ls in ((50, "-"), (90, "--")):
     v = np.percentile(d, q)
-    ax.axvline(v, color='k', ls=ls, lw=1, label=f'p{q} {v:.3g} {unit}')
-  ax.set(xlabel=f'simulated round duration ({unit})', ylabel='rounds',
-         title=f'Round durations ({d.size} rounds, total {d.sum() * scale / 3600:.3g} simulated hours)')
+    ax.axvline(v, color="k", ls=ls, lw=1, label=f"p{q} {v:.3g} {unit}")
+  ax.set(
+    xlabel=f"simulated round duration ({unit})",
+    ylabel="rounds",
+    title=f"Round durations ({d.size} rounds, total {d.sum() * scale / 3600:.3g} simulated hours)",
+  )
   ax.legend(fontsize=8)
 
 
@@ -169,8 +184,8 @@ def _gantt_rows(tl, rounds, max_clients):
   per_round = max(1, max_clients // len(rounds))
   rows = []
   for r in rounds:
-    idx = np.flatnonzero(tl['round'] == r)
-    idx = idx[np.argsort(tl['finish'][idx], kind='stable')]
+    idx = np.flatnonzero(tl["round"] == r)
+    idx = idx[np.argsort(tl["finish"][idx], kind="stable")]
     if idx.size > per_round:
       idx = idx[np.unique(np.linspace(0, idx.size - 1, per_round).round().astype(int))]
     rows.append(idx)
@@ -179,20 +194,20 @@ def _gantt_rows(tl, rounds, max_clients):
 
 def _gantt(fig, workdir, records, max_clients, gantt_rounds):
   if not (workdir / outputs.TIMELINE).is_file():
-    raise _Skip('no timeline.csv')
+    raise _Skip("no timeline.csv")
   tl = outputs.read_timeline(workdir)
-  present = np.unique(tl['round'])
+  present = np.unique(tl["round"])
   if not present.size:
-    raise _Skip('timeline.csv has no rows yet')
+    raise _Skip("timeline.csv has no rows yet")
   if isinstance(gantt_rounds, int):
     rounds = present[:gantt_rounds].tolist()
   else:
     rounds = [r for r in gantt_rounds if r in set(present.tolist())]
     if not rounds:
-      raise _Skip(f'none of rounds {list(gantt_rounds)} is in timeline.csv')
+      raise _Skip(f"none of rounds {list(gantt_rounds)} is in timeline.csv")
   groups = _gantt_rows(tl, rounds, max_clients)
   sel = np.concatenate(groups)
-  times = np.concatenate([tl[c][sel] for c in ('start', 'download', 'compute', 'upload', 'finish')])
+  times = np.concatenate([tl[c][sel] for c in ("start", "download", "compute", "upload", "finish")])
   times = times[np.isfinite(times)]
   t0 = float(times.min())
   scale, unit = _time_unit(float(times.max()) - t0)
@@ -202,52 +217,61 @@ def _gantt(fig, workdir, records, max_clients, gantt_rounds):
   for r, idx in zip(rounds, groups):
     top = y
     for i in idx:
-      status, finish = tl['status'][i], tl['finish'][i]
+      status, finish = tl["status"][i], tl["finish"][i]
       alpha = _FADED.get(status, 1.0)
       for phase, begin_col, color in _PHASES:
         a, b = tl[begin_col][i], tl[phase][i]
-        if status == 'dropped':
+        if status == "dropped":
           b = min(b, finish)
         if not (np.isfinite(a) and np.isfinite(b)) or b <= a:
           continue
         label = phase if phase not in drawn else None
         drawn.add(phase)
         ax.barh(y, (b - a) / scale, left=(a - t0) / scale, height=0.8, color=color, alpha=alpha, label=label, lw=0)
-      if status in ('dropped', 'straggler', 'discarded') and np.isfinite(finish):
-        marker, color = {'dropped': ('x', 'C3'), 'straggler': ('|', 'k'), 'discarded': ('|', 'C3')}[status]
+      if status in ("dropped", "straggler", "discarded") and np.isfinite(finish):
+        marker, color = {"dropped": ("x", "C3"), "straggler": ("|", "k"), "discarded": ("|", "C3")}[status]
         label = status if status not in drawn else None
         drawn.add(status)
-        ax.plot((finish - t0) / scale, y, marker=marker, color=color, ms=7, mew=1.5, ls='none', label=label)
+        ax.plot((finish - t0) / scale, y, marker=marker, color=color, ms=7, mew=1.5, ls="none", label=label)
       y += 1
     ticks.append((top + y - 1) / 2)
-    labels.append(f'round {r}')
-    ax.axhline(y - 0.5, color='0.85', lw=0.8)
-  ends = [rec['clock_s'] for rec in records if rec['round'] in set(rounds) and rec.get('clock_s') is not None]
+    labels.append(f"round {r}")
+    ax.axhline(y - 0.5, color="0.85", lw=0.8)
+  ends = [rec["clock_s"] for rec in records if rec["round"] in set(rounds) and rec.get("clock_s") is not None]
   for i, e in enumerate(ends):
-    ax.axvline((e - t0) / scale, color='0.3', ls='--', lw=0.8, label='round end' if i == 0 else None)
+    ax.axvline((e - t0) / scale, color="0.3", ls="--", lw=0.8, label="round end" if i == 0 else None)
   ax.set_yticks(ticks, labels, fontsize=8)
   ax.set_ylim(y - 0.5, -0.5)  # first round on top
-  ax.set(xlabel=f'simulated time ({unit}) since the first round shown',
-         title=f'Sample clients per round ({sel.size} of {int(np.isin(tl["round"], rounds).sum())}), by finish time')
+  ax.set(
+    xlabel=f"simulated time ({unit}) since the first round shown",
+    title=f"Sample clients per round ({sel.size} of {int(np.isin(tl['round'], rounds).sum())}), by finish time",
+  )
   handles, names = ax.get_legend_handles_labels()
-  order = ['download', 'compute', 'upload', 'straggler', 'dropped', 'discarded', 'round end']
+  order = ["download", "compute", "upload", "straggler", "dropped", "discarded", "round end"]
   pairs = sorted(zip(names, handles), key=lambda nh: order.index(nh[0]))
-  ax.legend([h for _, h in pairs], [n for n, _ in pairs], loc='upper center', bbox_to_anchor=(0.5, -0.13),
-            ncol=len(pairs), fontsize=8, frameon=False)
+  ax.legend(
+    [h for _, h in pairs],
+    [n for n, _ in pairs],
+    loc="upper center",
+    bbox_to_anchor=(0.5, -0.13),
+    ncol=len(pairs),
+    fontsize=8,
+    frameon=False,
+  )
 
 
 def _online(fig, workdir):
   if not (workdir / outputs.AVAILABILITY).is_file():
-    raise _Skip('no availability.csv')
+    raise _Skip("no availability.csv")
   hours, online = outputs.read_availability(workdir)
   if not hours.size:
-    raise _Skip('availability.csv has no rows')
+    raise _Skip("availability.csv has no rows")
   ax = fig.add_subplot()
-  ax.plot(hours, online, color='C4', lw=1)
-  ax.fill_between(hours, online, color='C4', alpha=0.15, lw=0)
+  ax.plot(hours, online, color="C4", lw=1)
+  ax.fill_between(hours, online, color="C4", alpha=0.15, lw=0)
   if hours.max() - hours.min() >= 48:
     ax.set_xticks(np.arange(math.floor(hours.min() / 24) * 24, hours.max() + 1, 24))
-  ax.set(xlabel='simulated time (hours)', ylabel='clients online', title='Online clients over the trace period')
+  ax.set(xlabel="simulated time (hours)", ylabel="clients online", title="Online clients over the trace period")
   ax.set_ylim(bottom=0)
   ax.grid(alpha=0.3)
 
@@ -255,22 +279,22 @@ def _online(fig, workdir):
 def main(argv: Sequence[str] | None = None) -> int:
   """``python -m fedjaxscale.training.plots WORKDIR [--out_dir DIR]``; ``argv`` excludes the
   program name. Prints the written paths; returns 2 (with a message) on a bad workdir."""
-  parser = argparse.ArgumentParser(prog='python -m fedjaxscale.training.plots', description=__doc__.split('\n')[0])
-  parser.add_argument('workdir')
-  parser.add_argument('--out_dir', default=None, help='default: WORKDIR/plots')
-  parser.add_argument('--max_gantt_clients', type=int, default=60)
+  parser = argparse.ArgumentParser(prog="python -m fedjaxscale.training.plots", description=__doc__.split("\n")[0])
+  parser.add_argument("workdir")
+  parser.add_argument("--out_dir", default=None, help="default: WORKDIR/plots")
+  parser.add_argument("--max_gantt_clients", type=int, default=60)
   args = parser.parse_args(argv)
   try:
     written, skipped = _make_plots(args.workdir, args.out_dir, args.max_gantt_clients, 3)
   except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     return 2
   for path in written:
     print(path)
   for name, why in skipped:
-    print(f'skipped {name}: {why}', file=sys.stderr)
+    print(f"skipped {name}: {why}", file=sys.stderr)
   return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
   sys.exit(main(sys.argv[1:]))

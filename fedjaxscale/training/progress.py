@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 _BAR_WIDTH = 30
 _TTY_MIN_REDRAW_S = 0.1  # redraw at most ten times a second: rounds can take milliseconds
@@ -12,9 +13,9 @@ _TTY_MIN_REDRAW_S = 0.1  # redraw at most ten times a second: rounds can take mi
 
 def _hms(seconds: float | None) -> str:
   if seconds is None:
-    return '-:--:--'
+    return "-:--:--"
   s = int(round(seconds))
-  return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 class Progress:
@@ -48,13 +49,21 @@ class Progress:
     progress.close()
   """
 
-  def __init__(self, total_rounds: int, *, stream: TextIO | None = None, is_tty: bool | None = None,
-               log_every_s: float = 10.0, start_round: int = 0, enabled: bool = True,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+    self,
+    total_rounds: int,
+    *,
+    stream: TextIO | None = None,
+    is_tty: bool | None = None,
+    log_every_s: float = 10.0,
+    start_round: int = 0,
+    enabled: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+  ):
     self.total_rounds = int(total_rounds)
     self.stream = sys.stderr if stream is None else stream
     if is_tty is None:
-      isatty = getattr(self.stream, 'isatty', None)
+      isatty = getattr(self.stream, "isatty", None)
       is_tty = bool(isatty and isatty())
     self.is_tty = is_tty
     self.log_every_s = float(log_every_s)
@@ -68,8 +77,14 @@ class Progress:
     self._written_round = None  # round shown by the last line or redraw
     self._line_len = 0  # width of the bar line now on screen (0: none)
 
-  def update(self, round: int, *, accuracy: float | None = None, loss: float | None = None,  # pylint: disable=redefined-builtin
-             clock_s: float | None = None) -> None:
+  def update(
+    self,
+    round: int,
+    *,
+    accuracy: float | None = None,
+    loss: float | None = None,  # pylint: disable=redefined-builtin
+    clock_s: float | None = None,
+  ) -> None:
     """Records that ``round`` finished; ``None`` values keep the last ones seen."""
     if not self.enabled:
       return
@@ -93,7 +108,7 @@ class Progress:
     if self._written_round != self._round and self._round > self.start_round:
       self._write(self._clock())
     if self.is_tty and self._line_len:
-      self.stream.write('\n')
+      self.stream.write("\n")
       self.stream.flush()
       self._line_len = 0
 
@@ -110,27 +125,28 @@ class Progress:
     return max(self.total_rounds - self._round, 0) * (now - self._t0) / done
 
   def _stats(self, now: float) -> str:
-    parts = [f'ETA {_hms(self._eta(now))}']
+    parts = [f"ETA {_hms(self._eta(now))}"]
     if self._accuracy is not None:
-      parts.append(f'acc {self._accuracy:.3f}')
+      parts.append(f"acc {self._accuracy:.3f}")
     if self._loss is not None:
-      parts.append(f'loss {self._loss:.3g}')
+      parts.append(f"loss {self._loss:.3g}")
     if self._clock_s is not None:
-      parts.append(f'sim {self._clock_s / 3600:.1f}h')
-    return ' '.join(parts)
+      parts.append(f"sim {self._clock_s / 3600:.1f}h")
+    return " ".join(parts)
 
   def _write(self, now: float) -> None:
     total = max(self.total_rounds, 1)
     frac = min(max(self._round / total, 0.0), 1.0)
     if self.is_tty:
       filled = int(frac * _BAR_WIDTH)
-      line = f'[{"#" * filled}{"." * (_BAR_WIDTH - filled)}] {self._round}/{self.total_rounds} {self._stats(now)}'
+      line = f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {self._round}/{self.total_rounds} {self._stats(now)}"
       # Pad over the previous line's tail instead of relying on terminal escape codes.
-      self.stream.write('\r' + line.ljust(self._line_len))
+      self.stream.write("\r" + line.ljust(self._line_len))
       self._line_len = len(line)
     else:
-      self.stream.write(f'round {self._round}/{self.total_rounds} ({frac:.0%}) '
-                        f'elapsed {_hms(now - self._t0)} {self._stats(now)}\n')
+      self.stream.write(
+        f"round {self._round}/{self.total_rounds} ({frac:.0%}) elapsed {_hms(now - self._t0)} {self._stats(now)}\n"
+      )
     self.stream.flush()
     self._last_write = now
     self._written_round = self._round

@@ -19,14 +19,29 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
 from fedjaxscale.engine import Engine
 from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
-from fedjaxscale.systems import (Availability, LatencyModel, SystemTraces, TraceError, generate_traces, load_traces,
-                                 model_bits)
+from fedjaxscale.systems import (
+  Availability,
+  LatencyModel,
+  SystemTraces,
+  TraceError,
+  generate_traces,
+  load_traces,
+  model_bits,
+)
 from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
-MODELS = ("logistic_regression", "mlp", "femnist_cnn", "resnet18_gn", "speech_cnn", "shakespeare_lstm",
-          "shakespeare_seq_lstm", "stackoverflow_lstm")
+MODELS = (
+  "logistic_regression",
+  "mlp",
+  "femnist_cnn",
+  "resnet18_gn",
+  "speech_cnn",
+  "shakespeare_lstm",
+  "shakespeare_seq_lstm",
+  "stackoverflow_lstm",
+)
 
 
 class ConfigError(ValueError):
@@ -74,21 +89,31 @@ def _unknown_fields(config, base, prefix=""):
 def check_config(config) -> None:
   """Checks values that need no data: raises ``ConfigError`` naming the field."""
   from fedjaxscale.training.defaults import get_base  # the schema: every field a config may have
+
   unknown = sorted(_unknown_fields(config, get_base()))
   _require(not unknown, unknown[0] if unknown else "", "is not a known field (see fedjaxscale/training/defaults.py)")
   _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
   _require(config.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {config.clients_per_round}")
   _require(config.local.batch_size >= 1, "local.batch_size", f"must be >= 1, got {config.local.batch_size}")
-  _require((config.local.local_steps > 0) != (config.local.local_epochs > 0), "local",
-           f"set exactly one of local_steps and local_epochs above 0, got local_steps={config.local.local_steps}, "
-           f"local_epochs={config.local.local_epochs}")
+  _require(
+    (config.local.local_steps > 0) != (config.local.local_epochs > 0),
+    "local",
+    f"set exactly one of local_steps and local_epochs above 0, got local_steps={config.local.local_steps}, "
+    f"local_epochs={config.local.local_epochs}",
+  )
   _require(config.local.local_steps >= 0 and config.local.local_epochs >= 0, "local", "must not be negative")
-  _require(config.algorithm.name in ALGORITHMS, "algorithm.name",
-           f"unknown algorithm {config.algorithm.name!r}; expected one of {ALGORITHMS}")
+  _require(
+    config.algorithm.name in ALGORITHMS,
+    "algorithm.name",
+    f"unknown algorithm {config.algorithm.name!r}; expected one of {ALGORITHMS}",
+  )
   _require(config.model.name in MODELS, "model.name", f"unknown model {config.model.name!r}; expected one of {MODELS}")
   _require(config.algorithm.client_lr > 0, "algorithm.client_lr", f"must be > 0, got {config.algorithm.client_lr}")
-  _require(config.data.kind in ("synthetic", "directory"), "data.kind",
-           f"must be 'synthetic' or 'directory', got {config.data.kind!r}")
+  _require(
+    config.data.kind in ("synthetic", "directory"),
+    "data.kind",
+    f"must be 'synthetic' or 'directory', got {config.data.kind!r}",
+  )
   if config.data.kind == "directory":
     _require(bool(config.data.path), "data.path", "is required when data.kind is 'directory'")
     root = resolve_path(config.data.path)
@@ -96,12 +121,17 @@ def check_config(config) -> None:
     _require((root / "train" / "meta.json").exists(), "data.path", f"{root} holds no train/ split (train/meta.json)")
   else:
     _require(config.data.num_clients >= 1, "data.num_clients", f"must be >= 1, got {config.data.num_clients}")
-    _require(config.clients_per_round <= config.data.num_clients, "clients_per_round",
-             f"{config.clients_per_round} is more than the population ({config.data.num_clients} clients)")
+    _require(
+      config.clients_per_round <= config.data.num_clients,
+      "clients_per_round",
+      f"{config.clients_per_round} is more than the population ({config.data.num_clients} clients)",
+    )
   s = config.system
   _require(s.mode in ("sync", "async"), "system.mode", f"must be 'sync' or 'async', got {s.mode!r}")
   _require(s.selection in ("random", "oort"), "system.selection", f"must be 'random' or 'oort', got {s.selection!r}")
-  _require(s.stragglers in ("drop", "partial"), "system.stragglers", f"must be 'drop' or 'partial', got {s.stragglers!r}")
+  _require(
+    s.stragglers in ("drop", "partial"), "system.stragglers", f"must be 'drop' or 'partial', got {s.stragglers!r}"
+  )
   _require(s.overcommit >= 1.0, "system.overcommit", f"must be >= 1, got {s.overcommit}")
   _require(s.deadline_s >= 0, "system.deadline_s", f"must be >= 0 (0: no deadline), got {s.deadline_s}")
   if s.traces:
@@ -109,8 +139,9 @@ def check_config(config) -> None:
     _require(p.exists(), "system.traces", f"{p} does not exist")
   _require(config.eval_every >= 0, "eval_every", f"must be >= 0, got {config.eval_every}")
   _require(config.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {config.checkpoint_every}")
-  _require(config.engine.backend in ("vmap", "loop", "debug"), "engine.backend",
-           f"unknown backend {config.engine.backend!r}")
+  _require(
+    config.engine.backend in ("vmap", "loop", "debug"), "engine.backend", f"unknown backend {config.engine.backend!r}"
+  )
 
 
 def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
@@ -123,8 +154,15 @@ def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, Federate
       return train, test
     root = workdir / "data"
     if is_lead() and not (root / "train" / "meta.json").exists():  # one writer; the rest wait, then read
-      write_synthetic(root, config.data.num_clients, alpha=config.data.alpha, beta=config.data.beta,
-                      iid=config.data.iid, seed=config.data.seed, max_size=config.data.max_size or None)
+      write_synthetic(
+        root,
+        config.data.num_clients,
+        alpha=config.data.alpha,
+        beta=config.data.beta,
+        iid=config.data.iid,
+        seed=config.data.seed,
+        max_size=config.data.max_size or None,
+      )
     barrier("fedjaxscale:synthetic-data")
     return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
   except DatasetError as e:
@@ -135,8 +173,11 @@ def build_model(config, train: FederatedDataset) -> models.Model:
   m = config.model
   specs = train.feature_specs
   _require("x" in specs and "y" in specs, "data", f"the dataset needs features 'x' and 'y', it has {sorted(specs)}")
-  seq = {k: v for k, v in (("vocab_size", m.vocab_size), ("embed_dim", m.embed_dim),
-                            ("lstm_sizes", tuple(m.lstm_sizes))) if v}
+  seq = {
+    k: v
+    for k, v in (("vocab_size", m.vocab_size), ("embed_dim", m.embed_dim), ("lstm_sizes", tuple(m.lstm_sizes)))
+    if v
+  }
   x_shape = tuple(specs["x"][1])
   if m.name == "femnist_cnn":
     model = models.femnist_cnn(m.num_classes, dense=m.dense)
@@ -158,8 +199,11 @@ def build_model(config, train: FederatedDataset) -> models.Model:
     raise ConfigError(f"config.model: {m.name} cannot read the data's 'x' {specs['x']}: {e}") from e
   labels = np.asarray(train.features["y"])
   num_labels = len(train.label_names) if train.label_names else int(labels.max()) + 1
-  _require(out.shape[-1] >= num_labels, "model.num_classes",
-           f"the model outputs {out.shape[-1]} classes but the data has labels up to {num_labels - 1}")
+  _require(
+    out.shape[-1] >= num_labels,
+    "model.num_classes",
+    f"the model outputs {out.shape[-1]} classes but the data has labels up to {num_labels - 1}",
+  )
   return model
 
 
@@ -171,7 +215,7 @@ def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.A
     # FedScale's decay: x decay every decay_every rounds, floored at client_lr_min.
     floor = a.client_lr_min / a.client_lr
     decay = optax.exponential_decay(1.0, a.client_lr_decay_every, a.client_lr_decay, staircase=True)
-    schedule = lambda r: jax.numpy.maximum(decay(r), floor)  # noqa: E731
+    schedule = lambda r: jax.numpy.maximum(decay(r), floor)
   common = dict(weighting=a.weighting, client_lr_schedule=schedule, engine=engine)
   if a.name in ("fedavg", "fedprox"):
     server = optax.sgd(a.server_lr, momentum=a.server_momentum or None)
@@ -186,8 +230,11 @@ def build(config, workdir: pathlib.Path) -> RunParts:
   """Checks the config and builds the run (the data is generated into ``workdir`` if needed)."""
   check_config(config)
   train, test = load_data(config, workdir)
-  _require(config.clients_per_round <= train.num_clients, "clients_per_round",
-           f"{config.clients_per_round} is more than the population ({train.num_clients} clients)")
+  _require(
+    config.clients_per_round <= train.num_clients,
+    "clients_per_round",
+    f"{config.clients_per_round} is more than the population ({train.num_clients} clients)",
+  )
   model = build_model(config, train)
   engine = Engine(config.engine.backend, max_clients_per_chunk=config.engine.max_clients_per_chunk or None)
   algorithm = build_algorithm(config, model, engine)
@@ -206,12 +253,18 @@ def build(config, workdir: pathlib.Path) -> RunParts:
   local = config.local
   bits = model_bits(num_params, "float32")
   if local.local_steps > 0:
-    latency = LatencyModel(bits, local_steps=local.local_steps, batch_size=local.batch_size,
-                           backward_factor=s.backward_factor, compression=s.compression)
+    latency = LatencyModel(
+      bits,
+      local_steps=local.local_steps,
+      batch_size=local.batch_size,
+      backward_factor=s.backward_factor,
+      compression=s.compression,
+    )
     full_steps = steps_for(train.client_sizes, local.batch_size, local_steps=local.local_steps)
   else:
-    latency = LatencyModel(bits, epochs=local.local_epochs, backward_factor=s.backward_factor,
-                           compression=s.compression)
+    latency = LatencyModel(
+      bits, epochs=local.local_epochs, backward_factor=s.backward_factor, compression=s.compression
+    )
     full_steps = steps_for(train.client_sizes, local.batch_size, local_epochs=local.local_epochs)
   sizes = np.asarray(train.client_sizes)
   policy = None
@@ -229,25 +282,32 @@ def _always_online(traces):
   """The same devices (speeds, bandwidths), each available for the whole trace period."""
   n = traces.num_clients
   period = float(np.max(traces.availability.period))
-  availability = Availability.from_intervals(np.arange(n + 1, dtype=np.int64), np.zeros(n), np.full(n, period), period,
-                                             source="always online")
-  return SystemTraces.create(traces.compute_ms, traces.down_kbps, traces.up_kbps, availability,
-                             source="always online")
+  availability = Availability.from_intervals(
+    np.arange(n + 1, dtype=np.int64), np.zeros(n), np.full(n, period), period, source="always online"
+  )
+  return SystemTraces.create(traces.compute_ms, traces.down_kbps, traces.up_kbps, availability, source="always online")
 
 
 def _planner(config, traces, latency, sizes, policy):
   s = config.system
   if s.mode == "sync":
-    sync = SyncConfig(config.clients_per_round, overcommit=s.overcommit, deadline_s=s.deadline_s or None,
-                      availability_mode=s.availability_mode)
+    sync = SyncConfig(
+      config.clients_per_round,
+      overcommit=s.overcommit,
+      deadline_s=s.deadline_s or None,
+      availability_mode=s.availability_mode,
+    )
     return SyncPlanner(traces, latency, sync, sizes, policy, seed=config.seed)
-  _require(s.max_concurrency >= config.clients_per_round, "system.max_concurrency",
-           f"{s.max_concurrency} clients in flight cannot fill a buffer of {config.clients_per_round}")
-  buffered = AsyncConfig(config.clients_per_round, s.max_concurrency, max_staleness=s.max_staleness,
-                         availability_mode=s.availability_mode)
+  _require(
+    s.max_concurrency >= config.clients_per_round,
+    "system.max_concurrency",
+    f"{s.max_concurrency} clients in flight cannot fill a buffer of {config.clients_per_round}",
+  )
+  buffered = AsyncConfig(
+    config.clients_per_round, s.max_concurrency, max_staleness=s.max_staleness, availability_mode=s.availability_mode
+  )
   return AsyncPlanner(traces, latency, buffered, sizes, policy, seed=config.seed)
 
 
 def model_bytes(num_params: int) -> int:
   return int(num_params) * 4
-
