@@ -155,11 +155,11 @@ class CompiledRounds:
       todo = strategies.candidates(jax.default_backend(), per_device, first.has_conv)
       device_features = self._device_features(features)
       seconds, compiled, best = {}, [], None
-      for s in todo:
+      for s in todo if len(todo) > 1 else ():  # nothing to time when there is one candidate
         compiled.append(self._candidate(key, s, program, shared, lanes, features, rng))
         seconds[str(s)] = _time(compiled[-1], shared, device_features, data, rng, best)
         best = seconds[str(s)] if best is None else min(best, seconds[str(s)])
-      chosen = compiled[_agreed_fastest(list(seconds.values()))]
+      chosen = compiled[_agreed_fastest(list(seconds.values()))] if seconds else first
       record = {"shape": shape, "candidates": seconds, "chosen": str(chosen.strategy)}
       log.info("engine strategy for %s: %s (seconds per chunk: %s)", shape, record["chosen"], seconds)
     with self._lock:
@@ -178,7 +178,7 @@ class CompiledRounds:
     def fetch(device_features, source):
       if not resident:
         return source
-      return {k: jnp.take(x, source, axis=0) for k, x in device_features.items()}
+      return {k: jnp.take(x, source, axis=0, mode="clip") for k, x in device_features.items()}
 
     def per_shard(shared, device_features, data, rng):
       zero = zero_aggregate(program, shared, rng)

@@ -175,7 +175,7 @@ class Engine:
   def strategy_choices(self) -> list[dict]:
     """One plain dict per compiled shape: ``shape`` (lanes, steps, batch, packed, devices,
     resident), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
-    given) and ``chosen``. Empty for the per-client backends."""
+    given or only one candidate applies) and ``chosen``. Empty for the per-client backends."""
     if self.backend != "vmap":
       return []
     return [dict(c, shape=dict(c["shape"]), candidates=dict(c["candidates"])) for c in self._runner.choices]
