@@ -25,6 +25,9 @@ from fedjaxscale.engine.strategies import Strategy
 CPU_LANES_PER_DEVICE = 1024  # default chunk cap on CPU (see Engine)
 CPU_UNROLL_STEPS = 8  # default: fully unroll local-step scans up to this long on CPU (see Engine)
 AUTOTUNE_SLOWER = 2.0  # a candidate whose first timed run is this much slower than the best gets no second run
+# Another candidate replaces the first (plain ``vmap``) only when this much faster: timing noise
+# alone then rarely changes the choice (and so the last bits of the results) between runs.
+AUTOTUNE_MARGIN = 1.1
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +331,12 @@ def _time(compiled: Compiled, shared, device_features, data, rng, best: float | 
 
 
 def _agreed_fastest(seconds: list[float]) -> int:
-  """The index of the fastest candidate; across processes, of the smallest slowest-process time,
-  so that every process runs the same program."""
+  """The index of the fastest candidate (the first unless another beats it by ``AUTOTUNE_MARGIN``);
+  across processes, by the slowest process's times, so that every process runs the same program."""
   times = np.asarray(seconds, np.float64)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     times = np.asarray(multihost_utils.process_allgather(times)).max(axis=0)
-  return int(np.argmin(times))
+  best = int(np.argmin(times))
+  return best if times[best] * AUTOTUNE_MARGIN < times[0] else 0
