@@ -15,7 +15,7 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.algorithms import Shared
 from fedjaxscale.data import gather_cohort, make_cohort
 from fedjaxscale.data.dataset import write_dataset_from_clients
-from fedjaxscale.engine import Engine
+from fedjaxscale.engine import Engine, compiled
 from fedjaxscale.engine.strategies import Strategy, candidates, conv_module, map_lanes, parse_strategy
 from tests.test_models_zoo import TINY, image_examples
 
@@ -165,7 +165,8 @@ class _CompileLog(logging.Handler):
       self.messages.append(record.getMessage())
 
 
-def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later_rounds():
+def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later_rounds(monkeypatch):
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.0)  # tune even this tiny chunk
   program, shared, data = setup("logistic_regression")
   engine = Engine()  # strategy="auto"; 5 clients -> 8 lanes, 2 a device: candidates vmap and map
   assert engine.strategy == "auto"
@@ -201,6 +202,16 @@ def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later
     logger.setLevel(old_level)
   assert engine.stats.compiles == 2 and handler.messages == []
   assert len(engine.strategy_choices) == 1
+
+
+def test_autotune_leaves_quick_chunks_at_vmap(monkeypatch):
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 1e9)
+  program, shared, data = setup("logistic_regression")
+  engine = Engine()
+  engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
+  (choice,) = engine.strategy_choices
+  assert choice["chosen"] == "vmap" and list(choice["candidates"]) == ["vmap"]
+  assert engine.stats.compiles == 1
 
 
 def test_explicit_strategy_wins_and_is_recorded():

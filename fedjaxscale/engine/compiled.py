@@ -28,6 +28,9 @@ AUTOTUNE_SLOWER = 2.0  # a candidate whose first timed run is this much slower t
 # Another candidate replaces the first (plain ``vmap``) only when this much faster: timing noise
 # alone then rarely changes the choice (and so the last bits of the results) between runs.
 AUTOTUNE_MARGIN = 1.1
+# A chunk that runs faster than this under plain ``vmap`` is not tuned: other candidates could
+# save little per round and would cost a compile each (tests' tiny models stay at one compile).
+AUTOTUNE_MIN_SECONDS = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,8 @@ class CompiledRounds:
         compiled.append(self._candidate(key, s, program, shared, lanes, features, rng))
         seconds[str(s)] = _time(compiled[-1], shared, device_features, data, rng, best)
         best = seconds[str(s)] if best is None else min(best, seconds[str(s)])
+        if len(seconds) == 1 and _agreed_max(best) < AUTOTUNE_MIN_SECONDS:
+          break  # too quick to be worth more compiles
       chosen = compiled[_agreed_fastest(list(seconds.values()))] if seconds else first
       record = {"shape": shape, "candidates": seconds, "chosen": str(chosen.strategy)}
       log.info("engine strategy for %s: %s (seconds per chunk: %s)", shape, record["chosen"], seconds)
@@ -328,6 +333,15 @@ def _time(compiled: Compiled, shared, device_features, data, rng, best: float | 
     if jax.process_count() == 1 and best is not None and times[-1] > AUTOTUNE_SLOWER * best:
       break
   return min(times)
+
+
+def _agreed_max(seconds: float) -> float:
+  """The largest of every process's ``seconds`` (so that all take the same branch)."""
+  if jax.process_count() == 1:
+    return seconds
+  from jax.experimental import multihost_utils
+
+  return float(np.max(multihost_utils.process_allgather(np.float32(seconds))))
 
 
 def _agreed_fastest(seconds: list[float]) -> int:
