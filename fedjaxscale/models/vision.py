@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from fedjaxscale.models.conv import Conv, max_pool
 from fedjaxscale.models.model import Model, from_linen
 from fedjaxscale.models.zoo import _as_float
 
@@ -39,12 +40,12 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     shortcut = x
-    y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False)(x)
+    y = Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False)(x)
     y = nn.relu(_group_norm(self.groups, self.features)(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
+    y = Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
     y = _group_norm(self.groups, self.features)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False, name="proj")(x)
+      shortcut = Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False, name="proj")(x)
       shortcut = _group_norm(self.groups, self.features, name="proj_norm")(shortcut)
     return nn.relu(y + shortcut)
 
@@ -71,11 +72,11 @@ class ResNetGN(nn.Module):
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"unknown stem {self.stem!r}; expected 'imagenet' or 'cifar'")
     if self.stem == "imagenet":
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem")(x)
+      x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem")(x)
       x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem")(x)
+      x = Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem")(x)
       x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm")(x))
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
@@ -126,7 +127,11 @@ def resnet18_gn(
     stem = "cifar" if min(image_shape[:2]) < 64 else "imagenet"
   sample = np.zeros((1, *image_shape), np.float32)
   return from_linen(
-    ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem), {"x": sample}, num_classes=num_classes, name="resnet18_gn"
+    ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem),
+    {"x": sample},
+    num_classes=num_classes,
+    name="resnet18_gn",
+    has_conv=True,
   )
 
 
@@ -153,10 +158,10 @@ class SpeechCNN(nn.Module):
       std = x.std(axis=(1, 2, 3), keepdims=True)
       x = (x - mean) / (std + 1e-5)
     for i, c in enumerate(self.channels):
-      x = nn.Conv(c, (3, 3), padding=1, use_bias=False)(x)
+      x = Conv(c, (3, 3), padding=1, use_bias=False)(x)
       x = nn.relu(_group_norm(self.groups, c)(x))
       if i < len(self.channels) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+        x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
 
@@ -199,4 +204,5 @@ def speech_cnn(
     {"x": np.zeros((1, 8, num_mels), np.float32)},
     num_classes=num_classes,
     name="speech_cnn",
+    has_conv=True,
   )

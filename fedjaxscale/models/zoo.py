@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from fedjaxscale.models.conv import Conv, max_pool
 from fedjaxscale.models.model import Model, from_linen
 
 
@@ -62,10 +63,10 @@ class FemnistCNN(nn.Module):
     x = _as_float(x)
     if x.ndim == 3:  # [batch, 28, 28] -> add the channel axis
       x = x[..., None]
-    x = nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(Conv(32, (5, 5), padding="SAME")(x))
+    x = max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(Conv(64, (5, 5), padding="SAME")(x))
+    x = max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.dense)(x))
     return nn.Dense(self.num_classes)(x)
@@ -81,6 +82,7 @@ def femnist_cnn(num_classes: int = 62, dense: int = 2048) -> Model:
     {"x": np.zeros((1, 28, 28, 1), np.float32)},
     num_classes=num_classes,
     name="femnist_cnn",
+    has_conv=True,
   )
 
 
