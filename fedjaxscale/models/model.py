@@ -39,6 +39,8 @@ class Model:
     has_conv: whether the network convolves with ``models.conv.Conv``, so that tracing it under
       ``conv_implementation('patches')`` instead of ``'lax'`` can change its speed (never its
       parameters or, beyond float rounding, its outputs).
+    compute_dtype: the dtype the network computes in (``"float32"`` or ``"bfloat16"``);
+      parameters, gradients and losses are float32 either way.
   """
 
   init: Callable[[PRNGKey], Params]
@@ -50,6 +52,7 @@ class Model:
   num_classes: int | None = None
   name: str = "model"
   has_conv: bool = False
+  compute_dtype: str = "float32"
 
   def loss(self, params: Params, batch: Batch, mask: Array, rng: PRNGKey | None = None) -> tuple[Array, Array]:
     """Masked mean loss over the real examples of one batch, and the per-example losses.
@@ -102,6 +105,7 @@ def from_linen(
   metrics: Mapping[str, PerExampleFn] | None = None,
   name: str | None = None,
   has_conv: bool = False,
+  compute_dtype: str = "float32",
 ) -> Model:
   """Wraps a flax linen classifier whose ``__call__(*inputs, train)`` returns logits.
 
@@ -115,6 +119,7 @@ def from_linen(
     metrics: defaults to ``{'accuracy': ...}``.
     name: for logs and checkpoints.
     has_conv: the module uses ``models.conv.Conv`` (see ``Model.has_conv``).
+    compute_dtype: recorded as ``Model.compute_dtype``; the module must already compute in it.
 
   Returns:
     A ``Model``.
@@ -145,4 +150,5 @@ def from_linen(
     num_classes=num_classes,
     name=name or type(module).__name__,
     has_conv=has_conv,
+    compute_dtype=compute_dtype,
   )
