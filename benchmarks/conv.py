@@ -23,6 +23,20 @@ Variants (convolution x pooling):
 GFLOP/s counts forward + backward as 3 x the forward multiply-adds x 2 of every example trained.
 The machine's load average is printed next to the figures: on a shared machine they are provisional.
 
+Measured 2026-12-01 on the 2-core development VM (AVX-512 BF16 / AMX-BF16), jaxlib 0.10.2, while
+other jobs held the load average at 29-36 (so wall-clock figures are ~10x low; the CPU-second
+figures are the ones to compare; best of 1, provisional)::
+
+  variant            mode   GF/cpu-s   note
+  lax+rw             seq        19.1   one client at a time, lax.conv (today's default)
+  lax+rw             vmap        3.8   grouped convolutions: 5x slower than seq
+  slice+rw           vmap       14.0   im2col by slicing, reduce_window pooling
+  slice+rs           vmap       15.8   im2col by slicing, reshape pooling = zoo 'patches'
+  slice_nchw+rs      vmap       11.9   NCHW patches [N, C*taps, H*W]
+  zoo:patches        vmap       17.0   the zoo's femnist_cnn under conv_implementation('patches')
+  zoo:patches:bf16   vmap        9.1   the same with compute_dtype='bfloat16': 1.9x slower
+  logreg / :bf16     vmap    1.7/1.9   60x10 logistic regression: overhead-bound, no difference
+
 Run (from the repository root)::
 
   JAX_PLATFORMS=cpu python benchmarks/conv.py
