@@ -35,6 +35,12 @@ class Model:
     input_keys: the batch features the network reads (for validation and documentation).
     label_key: the feature holding the target.
     num_classes: output classes, when the model is a classifier (for validation).
+    name: for logs and checkpoints.
+    has_conv: whether the network convolves with ``models.conv.Conv``, so that tracing it under
+      ``conv_implementation('patches')`` instead of ``'lax'`` can change its speed (never its
+      parameters or, beyond float rounding, its outputs).
+    compute_dtype: the dtype the network computes in (``"float32"`` or ``"bfloat16"``);
+      parameters, gradients and losses are float32 either way.
   """
 
   init: Callable[[PRNGKey], Params]
@@ -45,6 +51,8 @@ class Model:
   label_key: str = "y"
   num_classes: int | None = None
   name: str = "model"
+  has_conv: bool = False
+  compute_dtype: str = "float32"
 
   def loss(self, params: Params, batch: Batch, mask: Array, rng: PRNGKey | None = None) -> tuple[Array, Array]:
     """Masked mean loss over the real examples of one batch, and the per-example losses.
@@ -96,6 +104,8 @@ def from_linen(
   per_example_loss: PerExampleFn | None = None,
   metrics: Mapping[str, PerExampleFn] | None = None,
   name: str | None = None,
+  has_conv: bool = False,
+  compute_dtype: str = "float32",
 ) -> Model:
   """Wraps a flax linen classifier whose ``__call__(*inputs, train)`` returns logits.
 
@@ -108,6 +118,8 @@ def from_linen(
     per_example_loss: defaults to softmax cross-entropy on ``label_key``.
     metrics: defaults to ``{'accuracy': ...}``.
     name: for logs and checkpoints.
+    has_conv: the module uses ``models.conv.Conv`` (see ``Model.has_conv``).
+    compute_dtype: recorded as ``Model.compute_dtype``; the module must already compute in it.
 
   Returns:
     A ``Model``.
@@ -137,4 +149,6 @@ def from_linen(
     label_key=label_key,
     num_classes=num_classes,
     name=name or type(module).__name__,
+    has_conv=has_conv,
+    compute_dtype=compute_dtype,
   )

@@ -12,13 +12,15 @@ Images may arrive as uint8 (as converters store them) and are scaled to [0, 1] i
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from fedjaxscale.models.conv import Conv, max_pool
 from fedjaxscale.models.model import Model, from_linen
-from fedjaxscale.models.zoo import _as_float
+from fedjaxscale.models.zoo import _as_float, _compute_dtype
 
 STEMS = ("auto", "imagenet", "cifar")
 
@@ -35,17 +37,19 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   groups: int = 2
+  dtype: Any = jnp.float32  # compute dtype; parameters are always float32
 
   @nn.compact
   def __call__(self, x):
     shortcut = x
-    y = nn.Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False)(x)
-    y = nn.relu(_group_norm(self.groups, self.features)(y))
-    y = nn.Conv(self.features, (3, 3), padding=1, use_bias=False)(y)
-    y = _group_norm(self.groups, self.features)(y)
+    dt = self.dtype
+    y = Conv(self.features, (3, 3), (self.strides, self.strides), padding=1, use_bias=False, dtype=dt)(x)
+    y = nn.relu(_group_norm(self.groups, self.features, dtype=dt)(y))
+    y = Conv(self.features, (3, 3), padding=1, use_bias=False, dtype=dt)(y)
+    y = _group_norm(self.groups, self.features, dtype=dt)(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = nn.Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False, name="proj")(x)
-      shortcut = _group_norm(self.groups, self.features, name="proj_norm")(shortcut)
+      shortcut = Conv(self.features, (1, 1), (self.strides, self.strides), use_bias=False, name="proj", dtype=dt)(x)
+      shortcut = _group_norm(self.groups, self.features, name="proj_norm", dtype=dt)(shortcut)
     return nn.relu(y + shortcut)
 
 
@@ -62,31 +66,39 @@ class ResNetGN(nn.Module):
   width: int = 64
   groups: int = 2
   stem: str = "cifar"
+  dtype: Any = jnp.float32  # compute dtype; parameters are always float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _as_float(x)
+    dt = self.dtype
+    x = _as_float(x, dt)
     if x.ndim == 3:  # [batch, H, W] grayscale -> add the channel axis
       x = x[..., None]
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"unknown stem {self.stem!r}; expected 'imagenet' or 'cifar'")
     if self.stem == "imagenet":
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem")(x)
-      x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm")(x))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False, name="stem", dtype=dt)(x)
+      x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm", dtype=dt)(x))
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem")(x)
-      x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm")(x))
+      x = Conv(self.width, (3, 3), padding=1, use_bias=False, name="stem", dtype=dt)(x)
+      x = nn.relu(_group_norm(self.groups, self.width, name="stem_norm", dtype=dt)(x))
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(self.width * 2**i, strides, self.groups, name=f"stage{i + 1}_block{j + 1}")(x)
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+        x = BasicBlock(self.width * 2**i, strides, self.groups, dt, name=f"stage{i + 1}_block{j + 1}")(x)
+    x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # pool in float32, whatever the compute dtype
+    return nn.Dense(self.num_classes, name="head", dtype=dt)(x).astype(jnp.float32)
 
 
 def resnet18_gn(
-  num_classes: int, *, groups: int = 2, width: int = 64, stem: str = "auto", image_shape: Sequence[int] = (32, 32, 3)
+  num_classes: int,
+  *,
+  groups: int = 2,
+  width: int = 64,
+  stem: str = "auto",
+  image_shape: Sequence[int] = (32, 32, 3),
+  compute_dtype: str = "float32",
 ) -> Model:
   """ResNet-18 with group normalisation, FedScale's model class for FEMNIST and OpenImage.
 
@@ -108,6 +120,8 @@ def resnet18_gn(
     image_shape: ``[H, W, C]`` or ``[H, W]`` of one example, to trace at ``init`` and choose the
       stem; the parameters depend only on the channel count, so images of any size with the same
       channels run with them.
+    compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype layers compute in; parameters
+      stay float32 (``models.zoo``'s docstring).
 
   Returns:
     A ``Model``: ``x`` uint8 (scaled to [0, 1]) or float ``[batch, H, W(, C)]``, ``y`` int32.
@@ -124,9 +138,15 @@ def resnet18_gn(
       raise ValueError(f"groups={groups} must divide every stage width, got width={width}")
   if stem == "auto":
     stem = "cifar" if min(image_shape[:2]) < 64 else "imagenet"
+  dtype = _compute_dtype(compute_dtype)
   sample = np.zeros((1, *image_shape), np.float32)
   return from_linen(
-    ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem), {"x": sample}, num_classes=num_classes, name="resnet18_gn"
+    ResNetGN(num_classes, (2, 2, 2, 2), width, groups, stem, dtype),
+    {"x": sample},
+    num_classes=num_classes,
+    name="resnet18_gn",
+    has_conv=True,
+    compute_dtype=compute_dtype,
   )
 
 
@@ -141,6 +161,7 @@ class SpeechCNN(nn.Module):
   channels: Sequence[int] = (32, 64, 128, 128)
   groups: int = 8
   normalize: bool = True
+  dtype: Any = jnp.float32  # compute dtype; parameters are always float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -152,13 +173,14 @@ class SpeechCNN(nn.Module):
       mean = x.mean(axis=(1, 2, 3), keepdims=True)
       std = x.std(axis=(1, 2, 3), keepdims=True)
       x = (x - mean) / (std + 1e-5)
+    x = x.astype(self.dtype)
     for i, c in enumerate(self.channels):
-      x = nn.Conv(c, (3, 3), padding=1, use_bias=False)(x)
-      x = nn.relu(_group_norm(self.groups, c)(x))
+      x = Conv(c, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+      x = nn.relu(_group_norm(self.groups, c, dtype=self.dtype)(x))
       if i < len(self.channels) - 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-    x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, name="head")(x)
+        x = max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
+    x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
+    return nn.Dense(self.num_classes, name="head", dtype=self.dtype)(x).astype(jnp.float32)
 
 
 def speech_cnn(
@@ -168,6 +190,7 @@ def speech_cnn(
   groups: int = 8,
   num_mels: int = 40,
   normalize: bool = True,
+  compute_dtype: str = "float32",
 ) -> Model:
   """A small CNN for keyword spotting on log-mel features (Google Speech Commands, 35 words).
 
@@ -182,6 +205,7 @@ def speech_cnn(
     groups: groups per group-norm layer; must divide every entry of ``channels``.
     num_mels: mel bins per frame, to trace at ``init`` (parameters do not depend on it).
     normalize: standardise each utterance's features (mean 0, std 1) first.
+    compute_dtype: ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
 
   Returns:
     A ``Model``: ``x`` float32 ``[batch, frames, num_mels]``, ``y`` int32.
@@ -195,8 +219,10 @@ def speech_cnn(
     if c % groups:
       raise ValueError(f"groups={groups} must divide every entry of channels, got {tuple(channels)}")
   return from_linen(
-    SpeechCNN(num_classes, tuple(channels), groups, normalize),
+    SpeechCNN(num_classes, tuple(channels), groups, normalize, _compute_dtype(compute_dtype)),
     {"x": np.zeros((1, 8, num_mels), np.float32)},
     num_classes=num_classes,
     name="speech_cnn",
+    has_conv=True,
+    compute_dtype=compute_dtype,
   )
