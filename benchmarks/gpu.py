@@ -226,10 +226,17 @@ def main():
   parser.add_argument("--out", default="", help="Markdown file (default benchmarks/results/gpu-<device>.md)")
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--min_time", type=float, default=2.0, help="stop repeating a figure after this many seconds")
+  parser.add_argument("--sections", default="engine,fedscale,pfl", help="which of engine, fedscale, pfl to run")
+  parser.add_argument("--fedscale_k", default="", help="K values of the FedScale round (default 50,1300)")
   args = parser.parse_args()
+  sections = set(args.sections.split(","))
+  if sections - {"engine", "fedscale", "pfl"}:
+    parser.error(f"--sections: unknown {sorted(sections - {'engine', 'fedscale', 'pfl'})}")
   if args.tiny:
     args.repeats, args.min_time = 2, 0.0
-  sizes = TINY if args.tiny else SIZES
+  sizes = dict(TINY if args.tiny else SIZES)
+  if args.fedscale_k:
+    sizes["fedscale_k"] = [int(k) for k in args.fedscale_k.split(",")]
   device = device_name()
   out = pathlib.Path(args.out or f"benchmarks/results/gpu-{device}.md")
   start = time.perf_counter()
@@ -248,47 +255,55 @@ def main():
   ]
   print("matmul", matmul, flush=True)
 
-  lr = engine_bench.logreg_workload(max(sizes["lr"]), 10, 10)
-  cnn = engine_bench.cnn_workload(*sizes["cnn_work"])
-  lines += ["## Engine", ""]
-  lines += engine_table(lr, engine_rows(lr, sizes["lr"], sizes["hand_max_examples"], args)) + [""]
-  lines += engine_table(cnn, engine_rows(cnn, sizes["cnn"], sizes["hand_max_examples"], args), matmul) + [""]
+  if "engine" in sections:
+    lr = engine_bench.logreg_workload(max(sizes["lr"]), 10, 10)
+    cnn = engine_bench.cnn_workload(*sizes["cnn_work"])
+    lines += ["## Engine", ""]
+    lines += engine_table(lr, engine_rows(lr, sizes["lr"], sizes["hand_max_examples"], args)) + [""]
+    lines += engine_table(cnn, engine_rows(cnn, sizes["cnn"], sizes["hand_max_examples"], args), matmul) + [""]
 
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
-    fed = fedscale_rounds(tmp, sizes["fedscale_k"], **sizes["fedscale"])
-    lines += [
-      "## FedScale FEMNIST round (`femnist_fedscale.py`)",
-      "",
-      f"FEMNIST-shaped random data (28x28, 62 classes, 21-{sizes['fedscale']['max_size']} examples a client), "
-      f"{sizes['fedscale']['local_steps']} local steps of {sizes['fedscale']['batch_size']}, every client online, "
-      "no evaluation; seconds a round = median of the rounds after the first.",
-      "",
-      "| K | first round s (compiles) | seconds a round | rounds | compiled programs |",
-      "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-      f"| {r['k']:,} | {r['first_s']:.2f} | **{r['round_s']:.3f}** | {r['rounds']} | {r['compiles']} |" for r in fed
-    ]
-    lines.append("")
-    shape = sizes["pfl"]
-    pfl = pfl_cifar_shape(tmp, *shape)
-    lines += [
-      "## pfl's CIFAR-10 benchmark shape",
-      "",
-      f"{shape[0]:,} clients x {shape[2]} images (32x32x3), {shape[1]} a round, one epoch of batch 10, pfl's "
-      "simple_cnn; each round gathers its cohort from the dataset.",
-      "",
-      "| first round s | seconds a round (median) | best | clients/s | rounds |",
-      "| ---: | ---: | ---: | ---: | ---: |",
-      f"| {pfl['first_s']:.2f} | **{pfl['round_s']:.4f}** | {pfl['best_s']:.4f} | {shape[1] / pfl['round_s']:,.0f} "
-      f"| {pfl['rounds']} |",
-      "",
-    ]
+    if "fedscale" in sections:
+      lines += fedscale_lines(fedscale_rounds(tmp, sizes["fedscale_k"], **sizes["fedscale"]), sizes)
+    if "pfl" in sections:
+      lines += pfl_lines(pfl_cifar_shape(tmp, *sizes["pfl"]), sizes["pfl"])
   lines.append(f"Total {time.perf_counter() - start:.0f} s.")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text("\n".join(lines) + "\n")
   print(f"wrote {out}")
+
+
+def fedscale_lines(fed, sizes):
+  lines = [
+    "## FedScale FEMNIST round (`femnist_fedscale.py`)",
+    "",
+    f"FEMNIST-shaped random data (28x28, 62 classes, 21-{sizes['fedscale']['max_size']} examples a client), "
+    f"{sizes['fedscale']['local_steps']} local steps of {sizes['fedscale']['batch_size']}, every client online, "
+    "no evaluation; seconds a round = median of the rounds after the first.",
+    "",
+    "| K | first round s (compiles) | seconds a round | rounds | compiled programs |",
+    "| ---: | ---: | ---: | ---: | ---: |",
+  ]
+  lines += [
+    f"| {r['k']:,} | {r['first_s']:.2f} | **{r['round_s']:.3f}** | {r['rounds']} | {r['compiles']} |" for r in fed
+  ]
+  return lines + [""]
+
+
+def pfl_lines(pfl, shape):
+  return [
+    "## pfl's CIFAR-10 benchmark shape",
+    "",
+    f"{shape[0]:,} clients x {shape[2]} images (32x32x3), {shape[1]} a round, one epoch of batch 10, pfl's "
+    "simple_cnn; each round gathers its cohort from the dataset.",
+    "",
+    "| first round s | seconds a round (median) | best | clients/s | rounds |",
+    "| ---: | ---: | ---: | ---: | ---: |",
+    f"| {pfl['first_s']:.2f} | **{pfl['round_s']:.4f}** | {pfl['best_s']:.4f} | {shape[1] / pfl['round_s']:,.0f} "
+    f"| {pfl['rounds']} |",
+    "",
+  ]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ any size from 1 up, meets one every few steps.
 
 ``plan_shapes`` fixes the set before the first round, from what the run's cohorts can be: it
 draws cohorts of the run's sizes from the population's step counts, finds each one's best fresh
-shape, and keeps greedily the few that lower the total computed example-steps most, next to one
+shape, and keeps greedily the few that lower the mean padding (computed over needed example-steps) most, next to one
 shape that holds any cohort of up to ``max_clients`` clients of the population (so every round
 fits some shape of the set). Cohorts then take the cheapest shape of the set they fit
 (``gather_cohort(..., shapes=...)``).
@@ -32,13 +32,16 @@ def plan_shapes(
   max_shapes: int = DEFAULT_MAX_SHAPES,
   samples: int = 128,
   seed: int = 0,
+  max_clients: int | None = None,
 ) -> list[tuple[int, int]]:
   """The ``(lanes, steps)`` shapes a run's cohorts are laid into.
 
   Args:
     full_steps: every population member's local steps for a full round of work (``steps_for``).
-    client_counts: the cohort sizes the run can have (e.g. ``[K]`` for synchronous rounds,
-      ``range(1, concurrency + 1)`` for FedBuff's groups); the largest is the guarantee.
+    client_counts: the cohort sizes the run has, drawn uniformly (e.g. ``[K]`` for synchronous
+      rounds, ``range(1, K + 1)`` for FedBuff's groups).
+    max_clients: the largest cohort the set must hold (default: the largest of ``client_counts``),
+      e.g. FedBuff's concurrency.
     lane_multiple: lane counts are multiples of this (the engine's device count).
     pack: as ``gather_cohort``.
     max_shapes: the most shapes to return (at least 1: the shape that holds every cohort).
@@ -64,7 +67,7 @@ def plan_shapes(
   longest = int(steps.max())
   equal = int(steps.min()) == longest
   length = longest if equal else coarse_bucket_size(longest)
-  most = int(counts.max())
+  most = min(int(max_clients or counts.max()), len(steps))
   # Any cohort of up to `most` clients fits one lane each of the longest length.
   shapes = [(bucket_size(most, lane_multiple), length)]
   rng = np.random.default_rng(seed)
@@ -85,15 +88,19 @@ def plan_shapes(
       packings[k, l] = _best_fit_decreasing(s, np.argsort(-s, kind="stable"), l)[2]
     return lanes * l if packings[k, l] <= lanes else np.inf
 
-  candidates = set()
+  candidates, fresh = set(), []
   for s in drawn:
     _, _, lanes, l = pack_lanes(s, pack=pack, lane_multiple=lane_multiple)
     candidates.add((bucket_size(int(lanes), lane_multiple), int(l)))  # the engine pads lanes to the bucket
-  best = np.array([cost(k, shapes[0]) for k in range(len(drawn))])
+    fresh.append(bucket_size(int(lanes), lane_multiple) * int(l))
+  fresh = np.asarray(fresh, np.float64)
+  # Costs relative to each cohort's own best shape: small cohorts (most of an async run's) count
+  # as much as large ones, so the set does not pad a 2-client group to a 30-client shape.
+  best = np.array([cost(k, shapes[0]) for k in range(len(drawn))]) / fresh
   while len(shapes) < max_shapes and candidates:
-    trial = {c: np.minimum(best, [cost(k, c) for k in range(len(drawn))]) for c in sorted(candidates)}
+    trial = {c: np.minimum(best, np.array([cost(k, c) for k in range(len(drawn))]) / fresh) for c in sorted(candidates)}
     choice = min(trial, key=lambda c: (trial[c].sum(), c))
-    if trial[choice].sum() > 0.98 * best.sum():  # adding a shape must save at least 2% of the work
+    if trial[choice].sum() > 0.95 * best.sum():  # adding a shape must save at least 5% of the padding
       break
     shapes.append(choice)
     best = trial[choice]

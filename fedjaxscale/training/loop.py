@@ -99,17 +99,20 @@ def train_and_evaluate(
   return _Run(config, workdir, parts, resume, show_progress, cache).run()
 
 
-def cohort_sizes(config) -> range:
-  """The numbers of clients a run's cohorts can have (what its shapes are planned for)."""
+def cohort_sizes(config) -> tuple[range, int]:
+  """The numbers of clients a run's cohorts typically have, and the most they can have (what its
+  shapes are planned for)."""
   k, s = config.clients_per_round, config.system
-  if s.mode == "async":  # the clients that started on one version and arrive at one step
-    return range(1, max(s.max_concurrency, k) + 1)
+  if s.mode == "async":
+    # The clients that started on one version and arrive at one server step: about K start on
+    # each version, split over the steps they arrive in; never more than are in flight.
+    return range(1, k + 1), max(s.max_concurrency, k)
   selected = max(k, math.ceil(s.overcommit * k))
   if s.deadline_s:  # whoever finishes by the deadline
-    return range(1, selected + 1)
+    return range(1, selected + 1), selected
   if s.stragglers == "partial":  # the K first, plus stragglers with partial work
-    return range(k, selected + 1)
-  return range(k, k + 1)
+    return range(k, selected + 1), selected
+  return range(k, k + 1), k
 
 
 class _Run:
@@ -131,8 +134,9 @@ class _Run:
     self.clients_trained = 0
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
     # The cohort shapes of the whole run, fixed now: it compiles at most two programs per shape.
+    sizes, most = cohort_sizes(config)
     self.shapes = plan_shapes(
-      parts.full_steps, cohort_sizes(config), lane_multiple=self.engine.client_multiple, seed=config.seed
+      parts.full_steps, sizes, max_clients=most, lane_multiple=self.engine.client_multiple, seed=config.seed
     )
     if resume:
       self._restore()
