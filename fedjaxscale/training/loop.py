@@ -134,6 +134,10 @@ class _Run:
     self.clients_trained = 0
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
     # The cohort shapes of the whole run, fixed now: it compiles at most two programs per shape.
+    # Training features stay on the devices when the engine can keep them (only row indices then
+    # cross per round); engines without it gather on the host.
+    make_resident = getattr(self.engine, "make_resident", None)
+    self.resident = bool(make_resident(parts.train.features)) if make_resident is not None else False
     sizes, most = cohort_sizes(config)
     self.shapes = plan_shapes(
       parts.full_steps, sizes, max_clients=most, lane_multiple=self.engine.client_multiple, seed=config.seed
@@ -319,7 +323,8 @@ class _Run:
       "backend": engine.backend,
       "strategy": self.config.engine.strategy,
       # One dict per compiled shape once the engine measures strategies (``Engine.strategy_choices``).
-      "strategy_choices": list(getattr(engine, "strategy_choices", [])),
+      "strategy_choices": list(getattr(engine, "strategy_choices", None) or []),
+      "resident_data": self.resident,
       "cohort_shapes": [list(s) for s in self.shapes],
       "compile_bound": 2 * len(self.shapes),  # training programs: a packed and an unpacked layout per shape
       "compiles": engine.stats.compiles,

@@ -148,7 +148,7 @@ def check_config(config) -> None:
     parse_strategy(config.engine.strategy) is not None,
     "engine.strategy",
     f"{config.engine.strategy!r} is not one of 'auto', 'vmap', 'map', 'map:<k>' (k >= 1 clients at a time), "
-    "optionally followed by '+patches'",
+    "optionally followed by '+patches' or '+lax'",
   )
 
 
@@ -215,13 +215,14 @@ def build_model(config, train: FederatedDataset) -> models.Model:
   return model
 
 
-STRATEGY = re.compile(r"(auto|vmap|map|map:[1-9][0-9]*)(\+patches)?")
+STRATEGY = re.compile(r"(auto|vmap|map|map:[1-9][0-9]*)(?:\+(patches|lax))?")
 
 
-def parse_strategy(strategy) -> tuple[str, bool] | None:
-  """``'map:8+patches'`` -> ``('map:8', True)``; None for a string outside the grammar."""
+def parse_strategy(strategy) -> tuple[str, str | None] | None:
+  """``'map:8+patches'`` -> ``('map:8', 'patches')``; None for a string outside the grammar (the
+  engine checks what this installation can run, e.g. ``+patches`` needs the patches convolution)."""
   match = STRATEGY.fullmatch(strategy) if isinstance(strategy, str) else None
-  return None if match is None else (match.group(1), bool(match.group(2)))
+  return None if match is None else (match.group(1), match.group(2))
 
 
 def build_engine(config) -> Engine:
@@ -235,7 +236,8 @@ def build_engine(config) -> Engine:
   try:
     return Engine(e.backend, **kwargs)
   except ValueError as err:  # the engine names what it cannot do with these settings
-    raise ConfigError(f"config.engine: {err}") from err
+    field = "engine.strategy" if "strateg" in str(err) else "engine"
+    raise ConfigError(f"config.{field}: {err}") from err
 
 
 def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.Algorithm:
