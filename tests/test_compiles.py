@@ -142,3 +142,12 @@ def test_bad_strategy_exits_2_before_anything_is_written(tmp_path):
   )
   assert out.returncode == 2 and "engine.strategy" in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_unusable_cache_dir_is_refused_before_anything_is_written(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  config = load_config("synthetic", "small", **{"engine.compilation_cache_dir": str(blocker / "cache")})
+  with pytest.raises(ConfigError, match=r"config\.engine\.compilation_cache_dir: "):
+    train_and_evaluate(config, tmp_path / "run", show_progress=False)
+  assert not (tmp_path / "run").exists()

@@ -75,6 +75,14 @@ def train_and_evaluate(
   """
   workdir = pathlib.Path(workdir).resolve()
   check_config(config)
+  # Before anything compiles (JAX fixes the persistent cache at the process's first compilation)
+  # and before a run is replaced.
+  try:
+    cache = compilation.enable(config.engine.compilation_cache, config.engine.compilation_cache_dir)
+  except OSError as e:
+    raise ConfigError(
+      f"config.engine.compilation_cache_dir: cannot use {e.filename or ''} as a cache: {e.strerror}"
+    ) from e
   existing = holds_run(workdir)
   if existing and not (resume or overwrite):
     raise ConfigError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -86,8 +94,6 @@ def train_and_evaluate(
       path = workdir / name
       shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
   new_data = not (workdir / "data").exists()
-  # Before anything compiles: JAX fixes the persistent cache at the process's first compilation.
-  cache = compilation.enable(config.engine.compilation_cache, config.engine.compilation_cache_dir)
   try:
     parts = build(config, workdir)
   except ConfigError:
