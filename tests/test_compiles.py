@@ -151,3 +151,19 @@ def test_unusable_cache_dir_is_refused_before_anything_is_written(tmp_path):
   with pytest.raises(ConfigError, match=r"config\.engine\.compilation_cache_dir: "):
     train_and_evaluate(config, tmp_path / "run", show_progress=False)
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+  "overrides, sizes, most",
+  [
+    ({}, (4, 4), 4),  # K exactly
+    ({"system.mode": "async", "system.max_concurrency": 12}, (1, 4), 12),  # FedBuff groups; all in flight at most
+    ({"system.stragglers": "partial"}, (4, 6), 6),  # K, plus up to ceil(1.3 K) - K stragglers
+    ({"system.deadline_s": 60.0}, (1, 6), 6),  # whoever finishes by the deadline
+  ],
+)
+def test_cohort_sizes_follow_the_round_semantics(overrides, sizes, most):
+  from fedjaxscale.training.loop import cohort_sizes
+
+  planned, largest = cohort_sizes(load_config("synthetic", "small", **overrides))
+  assert (planned.start, planned.stop - 1) == sizes and largest == most
