@@ -264,8 +264,10 @@ class _Run:
     tic = time.perf_counter()
     plan = p.planner.next_plan()
     self._tick("plan", tic)
-    if plan.version != int(self.state.round):
-      raise RuntimeError(f"async plan for model version {plan.version}, server is at {int(self.state.round)}")
+    # The server is at version self.round (one step per record); a host integer, so checking it
+    # does not wait for the previous server update to finish on the device.
+    if plan.version != self.round:
+      raise RuntimeError(f"async plan for model version {plan.version}, server is at {self.round}")
     accepted = plan.status == Status.ACCEPTED
     losses = np.zeros(int(accepted.sum()))
     train_loss, trained = [], 0
@@ -293,8 +295,8 @@ class _Run:
     if buffer is None:
       self.state = self.state._replace(round=self.state.round + 1)
     else:
+      # Not waited for: the next step's planning and gathering overlap it on the host.
       self.state = self.algorithm.server_update(self.state, buffer)
-      jax.block_until_ready(self.state.params)
     self._tick("engine", tic)
     # An async plan's finish is the arrival time, or for dropped clients the time they left.
     self.writer.write_timeline(
