@@ -218,7 +218,9 @@ def fjs_logreg(cohorts, rounds, tmp):
       state, _ = alg.apply(state, cohort, jax.random.key(1))
       return state
 
-    state = round_(state)  # compiles
+    # Two warm-up rounds: the second compiles again (the server state's round counter becomes a
+    # device array after the first update).
+    state = round_(round_(state))
     jax.block_until_ready(state.params)
     tic = time.perf_counter()
     for _ in range(rounds):
