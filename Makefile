@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_ENV := JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format install install-test bench clean
+.PHONY: demo test lint format install install-test bench bench-peers bench-gpu clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ bench: install
 	$(PY) benchmarks/engine.py
 	$(PY) benchmarks/scheduler.py
 	$(PY) benchmarks/devices.py
+
+# Peers live in their own virtualenv, never dependencies of the package.
+PEERS_VENV := benchmarks/.venv-peers
+$(PEERS_VENV)/.installed:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q torch==2.13.0 pfl==0.6.0
+	touch $@
+
+# fedjaxscale beside a PyTorch loop and pfl: benchmarks/results/peers-cpu.md
+bench-peers: install $(PEERS_VENV)/.installed
+	$(PY) benchmarks/peers.py
+
+# On a machine with a GPU (<= 8 minutes): benchmarks/results/gpu-<device>.md
+bench-gpu: install
+	$(PY) benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

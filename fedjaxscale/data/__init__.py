@@ -8,6 +8,7 @@ from fedjaxscale.data.dataset import (
   write_dataset,
   write_dataset_from_clients,
 )
+from fedjaxscale.data.shapes import plan_shapes
 from fedjaxscale.data.synthetic import make_synthetic, write_synthetic
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
   "make_synthetic",
   "open_splits",
   "padding_report",
+  "plan_shapes",
   "steps_for",
   "write_dataset",
   "write_dataset_from_clients",

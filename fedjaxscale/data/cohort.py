@@ -54,6 +54,7 @@ def make_cohort(
   lane_multiple: int = 1,
   min_lane_steps: int = 1,
   reuse_shapes=(),
+  shapes=None,
 ) -> Cohort:
   """Builds a cohort from per-client example dicts.
 
@@ -76,6 +77,8 @@ def make_cohort(
     reuse_shapes: ``(lanes, steps)`` shapes the engine has compiled (``engine.lane_shapes``);
       one is reused when it costs at most 15% more than the best fresh shape, to save a
       compilation (see ``pack_lanes``).
+    shapes: a run's fixed ``(lanes, steps)`` shapes (``plan_shapes``): the cohort takes the
+      cheapest one it fits, so a run compiles only those; None (default) chooses freely.
 
   Returns:
     A ``Cohort``.
@@ -126,6 +129,7 @@ def make_cohort(
     lane_multiple=lane_multiple,
     min_lane_steps=min_lane_steps,
     reuse_shapes=reuse_shapes,
+    shapes=shapes,
   )
 
 
@@ -144,6 +148,7 @@ def gather_cohort(
   lane_multiple: int = 1,
   min_lane_steps: int = 1,
   reuse_shapes=(),
+  shapes=None,
 ) -> Cohort:
   """Builds a cohort from clients of a ``FederatedDataset``, reading only their rows.
 
@@ -151,7 +156,7 @@ def gather_cohort(
     dataset: a ``FederatedDataset``.
     clients: client ids (strings) or integer indices into ``dataset.client_ids``.
     batch_size, local_steps, local_epochs, shuffle, seed, weights, max_steps, pack, lane_multiple,
-      min_lane_steps, reuse_shapes: as ``make_cohort``.
+      min_lane_steps, reuse_shapes, shapes: as ``make_cohort``.
 
   Returns:
     A ``Cohort`` whose ``client_ids`` are the dataset's ids of ``clients``.
@@ -187,6 +192,7 @@ def gather_cohort(
     lane_multiple=lane_multiple,
     min_lane_steps=min_lane_steps,
     reuse_shapes=reuse_shapes,
+    shapes=shapes,
   )
 
 
@@ -207,6 +213,7 @@ def _assemble(
   lane_multiple,
   min_lane_steps,
   reuse_shapes,
+  shapes,
 ) -> Cohort:
   n = len(sizes)
   if batch_size is None or int(batch_size) < 1:
@@ -248,6 +255,7 @@ def _assemble(
     lane_multiple=lane_multiple,
     min_lane_steps=min_lane_steps,
     reuse_shapes=reuse_shapes,
+    shapes=shapes,
   )
   slots = num_lanes * lane_steps * batch_size
   if slots > MAX_SLOTS:
@@ -287,6 +295,7 @@ def pack_lanes(
   min_lane_steps: int = 1,
   reuse_shapes=(),
   reuse_tolerance: float = 0.15,
+  shapes=None,
 ):
   """Places clients' step runs in lanes.
 
@@ -299,6 +308,9 @@ def pack_lanes(
       is used, its spare lanes left idle, when it costs at most ``1 + reuse_tolerance`` times the
       best fresh shape: a little padding is cheaper than a compilation.
     reuse_tolerance: see ``reuse_shapes``.
+    shapes: a fixed set of ``(lanes, steps)`` shapes (``plan_shapes``): the cheapest one the
+      clients fit is used (``reuse_shapes`` is then ignored); only when none fits (more clients
+      or longer ones than the set was planned for) is a fresh shape chosen as without it.
 
   Returns:
     ``(lane, offset, num_lanes, lane_steps)``: each client's lane and first step, the number of
@@ -309,6 +321,10 @@ def pack_lanes(
   longest = int(steps.max())
   need = max(longest, min_lane_steps)
   n = len(steps)
+  if shapes is not None:
+    placed = _fixed_shape(steps, need, pack, lane_multiple, shapes)
+    if placed is not None:
+      return placed
   reuse_shapes = [(int(r), int(l)) for r, l in reuse_shapes if l >= need and r % lane_multiple == 0]
   if not pack or (int(steps.min()) == longest and min_lane_steps <= longest):
     # A lane each; for equal work (fixed local steps) exactly that long.
@@ -336,6 +352,27 @@ def pack_lanes(
   _, lanes, length = _choose(fresh, reuse, reuse_tolerance)
   lane, offset, _ = packings[length]
   return lane, offset, lanes, length
+
+
+def _fixed_shape(steps, need, pack, lane_multiple, shapes):
+  """The cheapest of ``shapes`` that holds the clients (None if none does)."""
+  n = len(steps)
+  equal = int(steps.min()) == int(steps.max())
+  order = np.argsort(-steps, kind="stable")
+  packings = {}
+  for _, lanes, length in sorted((int(r) * int(l), int(r), int(l)) for r, l in shapes):
+    if length < need or lanes % lane_multiple:
+      continue
+    if not pack or equal:
+      if n <= lanes:  # a lane each, fixed steps exactly that long or shorter ones padded
+        return np.arange(n), np.zeros(n, np.int64), lanes, length
+      continue
+    if length not in packings:
+      packings[length] = _best_fit_decreasing(steps, order, length)
+    lane, offset, used = packings[length]
+    if used <= lanes:
+      return lane, offset, lanes, length
+  return None
 
 
 def _choose(fresh, reuse, tolerance):

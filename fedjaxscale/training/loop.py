@@ -16,6 +16,7 @@ and produces the same metrics and parameters as a run that never stopped.
 """
 
 import json
+import math
 import pathlib
 import shutil
 import time
@@ -26,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjaxscale.algorithms import Shared
-from fedjaxscale.data import gather_cohort
+from fedjaxscale.data import gather_cohort, plan_shapes
 from fedjaxscale.engine import Aggregate, Evaluator
 from fedjaxscale.scheduler import Status
-from fedjaxscale.training import outputs, plots
+from fedjaxscale.training import compilation, outputs, plots
 from fedjaxscale.training.checkpoint import Checkpointer
 from fedjaxscale.training.distributed import is_lead
 from fedjaxscale.training.progress import Progress
@@ -41,6 +42,7 @@ RUN_FILES = (
   "timeline.csv",
   "availability.csv",
   "summary.json",
+  "engine.json",
   "tensorboard",
   "plots",
   "checkpoints",
@@ -73,6 +75,14 @@ def train_and_evaluate(
   """
   workdir = pathlib.Path(workdir).resolve()
   check_config(config)
+  # Before anything compiles (JAX fixes the persistent cache at the process's first compilation)
+  # and before a run is replaced.
+  try:
+    cache = compilation.enable(config.engine.compilation_cache, config.engine.compilation_cache_dir)
+  except OSError as e:
+    raise ConfigError(
+      f"config.engine.compilation_cache_dir: cannot use {e.filename or ''} as a cache: {e.strerror}"
+    ) from e
   existing = holds_run(workdir)
   if existing and not (resume or overwrite):
     raise ConfigError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -92,14 +102,33 @@ def train_and_evaluate(
     elif new_data:
       shutil.rmtree(workdir / "data", ignore_errors=True)
     raise
-  return _Run(config, workdir, parts, resume, show_progress).run()
+  return _Run(config, workdir, parts, resume, show_progress, cache).run()
+
+
+def cohort_sizes(config) -> tuple[range, int]:
+  """The numbers of clients a run's cohorts typically have, and the most they can have (what its
+  shapes are planned for)."""
+  k, s = config.clients_per_round, config.system
+  if s.mode == "async":
+    # The clients that started on one version and arrive at one server step: about K start on
+    # each version, split over the steps they arrive in; never more than are in flight.
+    return range(1, k + 1), max(s.max_concurrency, k)
+  selected = max(k, math.ceil(s.overcommit * k))
+  if s.deadline_s:  # whoever finishes by the deadline
+    return range(1, selected + 1), selected
+  if s.stragglers == "partial":  # the K first, plus stragglers with partial work
+    return range(k, selected + 1), selected
+  return range(k, k + 1), k
 
 
 class _Run:
   """One run's state between rounds."""
 
-  def __init__(self, config, workdir: pathlib.Path, parts: RunParts, resume: bool, show_progress: bool):
+  def __init__(
+    self, config, workdir: pathlib.Path, parts: RunParts, resume: bool, show_progress: bool, cache: dict | None = None
+  ):
     self.config, self.workdir, self.p = config, workdir, parts
+    self.cache = dict(cache or {"enabled": False, "dir": None}, start=compilation.counts())
     self.engine = parts.engine
     self.algorithm = parts.algorithm
     init_key, self.key = jax.random.split(jax.random.key(config.seed))
@@ -110,6 +139,15 @@ class _Run:
     self.wall_before = 0.0
     self.clients_trained = 0
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
+    # The cohort shapes of the whole run, fixed now: it compiles at most two programs per shape.
+    # Training features stay on the devices when the engine can keep them (only row indices then
+    # cross per round); engines without it gather on the host.
+    make_resident = getattr(self.engine, "make_resident", None)
+    self.resident = bool(make_resident(parts.train.features)) if make_resident is not None else False
+    sizes, most = cohort_sizes(config)
+    self.shapes = plan_shapes(
+      parts.full_steps, sizes, max_clients=most, lane_multiple=self.engine.client_multiple, seed=config.seed
+    )
     if resume:
       self._restore()
     self.lead = lead = is_lead()  # in multi-process runs only process 0 writes files
@@ -159,8 +197,10 @@ class _Run:
       summary = outputs.summarize(
         records, target_accuracy=config.target_accuracy or None, wall_s=wall, clients_trained=self.clients_trained
       )
+      summary["engine"] = self._engine_report()
       self.writer.write_summary(summary)
       if self.lead:
+        (self.workdir / "engine.json").write_text(json.dumps(summary["engine"], indent=2) + "\n")
         plots.make_plots(self.workdir)
       return summary
     finally:
@@ -224,8 +264,10 @@ class _Run:
     tic = time.perf_counter()
     plan = p.planner.next_plan()
     self._tick("plan", tic)
-    if plan.version != int(self.state.round):
-      raise RuntimeError(f"async plan for model version {plan.version}, server is at {int(self.state.round)}")
+    # The server is at version self.round (one step per record); a host integer, so checking it
+    # does not wait for the previous server update to finish on the device.
+    if plan.version != self.round:
+      raise RuntimeError(f"async plan for model version {plan.version}, server is at {self.round}")
     accepted = plan.status == Status.ACCEPTED
     losses = np.zeros(int(accepted.sum()))
     train_loss, trained = [], 0
@@ -253,8 +295,8 @@ class _Run:
     if buffer is None:
       self.state = self.state._replace(round=self.state.round + 1)
     else:
+      # Not waited for: the next step's planning and gathering overlap it on the host.
       self.state = self.algorithm.server_update(self.state, buffer)
-      jax.block_until_ready(self.state.params)
     self._tick("engine", tic)
     # An async plan's finish is the arrival time, or for dropped clients the time they left.
     self.writer.write_timeline(
@@ -282,6 +324,26 @@ class _Run:
     }
     return record, (plan.finish - plan.start)[accepted]
 
+  def _engine_report(self) -> dict[str, Any]:
+    """What the engine chose and compiled in this process (``engine.json`` and the summary)."""
+    engine, now, start = self.engine, compilation.counts(), self.cache["start"]
+    return {
+      "backend": engine.backend,
+      "strategy": self.config.engine.strategy,
+      # One dict per compiled shape once the engine measures strategies (``Engine.strategy_choices``).
+      "strategy_choices": list(getattr(engine, "strategy_choices", None) or []),
+      "resident_data": self.resident,
+      "cohort_shapes": [list(s) for s in self.shapes],
+      "compile_bound": 2 * len(self.shapes),  # training programs: a packed and an unpacked layout per shape
+      "compiles": engine.stats.compiles,
+      "lane_shapes": [list(s) for s in sorted(engine.lane_shapes)],
+      "compilation_cache": {
+        "enabled": self.cache["enabled"],
+        "dir": self.cache["dir"],
+        **{k: now[k] - start[k] for k in now},
+      },
+    }
+
   def _tick(self, phase: str, since: float) -> float:
     now = time.perf_counter()
     self.timings[phase] += now - since
@@ -300,7 +362,7 @@ class _Run:
       weights=weights,
       max_steps=max_steps,
       lane_multiple=self.engine.client_multiple,
-      reuse_shapes=sorted(self.engine.lane_shapes),
+      shapes=self.shapes,
     )
 
   def _availability(self):

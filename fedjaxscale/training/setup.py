@@ -7,8 +7,10 @@ into exit code 2.
 """
 
 import dataclasses
+import inspect
 import os
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -142,6 +144,12 @@ def check_config(config) -> None:
   _require(
     config.engine.backend in ("vmap", "loop", "debug"), "engine.backend", f"unknown backend {config.engine.backend!r}"
   )
+  _require(
+    parse_strategy(config.engine.strategy) is not None,
+    "engine.strategy",
+    f"{config.engine.strategy!r} is not one of 'auto', 'vmap', 'map', 'map:<k>' (k >= 1 clients at a time), "
+    "optionally followed by '+patches' or '+lax'",
+  )
 
 
 def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
@@ -207,6 +215,31 @@ def build_model(config, train: FederatedDataset) -> models.Model:
   return model
 
 
+STRATEGY = re.compile(r"(auto|vmap|map|map:[1-9][0-9]*)(?:\+(patches|lax))?")
+
+
+def parse_strategy(strategy) -> tuple[str, str | None] | None:
+  """``'map:8+patches'`` -> ``('map:8', 'patches')``; None for a string outside the grammar (the
+  engine checks what this installation can run, e.g. ``+patches`` needs the patches convolution)."""
+  match = STRATEGY.fullmatch(strategy) if isinstance(strategy, str) else None
+  return None if match is None else (match.group(1), match.group(2))
+
+
+def build_engine(config) -> Engine:
+  """The configured engine; ``engine.strategy`` goes to engines that take one."""
+  e = config.engine
+  kwargs = {"max_clients_per_chunk": e.max_clients_per_chunk or None}
+  if "strategy" in inspect.signature(Engine).parameters:
+    kwargs["strategy"] = e.strategy
+  else:
+    _require(e.strategy == "auto", "engine.strategy", f"{e.strategy!r}: this engine has no execution strategies yet")
+  try:
+    return Engine(e.backend, **kwargs)
+  except ValueError as err:  # the engine names what it cannot do with these settings
+    field = "engine.strategy" if "strateg" in str(err) else "engine"
+    raise ConfigError(f"config.{field}: {err}") from err
+
+
 def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.Algorithm:
   a = config.algorithm
   client_opt = optax.sgd(a.client_lr, momentum=a.client_momentum or None)
@@ -236,7 +269,7 @@ def build(config, workdir: pathlib.Path) -> RunParts:
     f"{config.clients_per_round} is more than the population ({train.num_clients} clients)",
   )
   model = build_model(config, train)
-  engine = Engine(config.engine.backend, max_clients_per_chunk=config.engine.max_clients_per_chunk or None)
+  engine = build_engine(config)
   algorithm = build_algorithm(config, model, engine)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
   s = config.system

@@ -1,0 +1,356 @@
+"""fedjaxscale beside real peers, in one run: a PyTorch one-client-at-a-time loop and pfl.
+
+Two workloads, each timed on both sides in the same run (best of n, after a warm-up):
+
+1. **FEMNIST CNN** (LEAF's: 5x5 convolutions of 32 and 64 channels, max-pools, dense 2048, 62
+   classes), 10 clients x 5 SGD steps of batch 20. PyTorch: for each client, copy the model, take 5
+   steps, add the delta to a sum (2 threads, as this machine's cores). fedjaxscale: the same cohort
+   through ``make_cohort`` + ``algorithms.fedavg(...).apply``.
+2. **Logistic regression**, 1,000 clients x 50 examples, 20 features, 2 classes, one local epoch
+   of batch 10, a cohort of 100 and of 1,000 clients drawn every round. pfl 0.6 (PyTorch model,
+   ``FederatedAveraging`` on a ``SimulatedBackend``, one process). fedjaxscale: every round
+   ``gather_cohort`` from the on-disk dataset + ``fedavg(...).apply``; and a hand-written
+   ``jit(vmap(scan))`` that keeps the data on the device and gathers the cohort by index (the
+   fastest this math can go, with no host work at all).
+
+The peers run in their own virtualenv (``benchmarks/.venv-peers``, made by ``make bench-peers``),
+never as dependencies of the package; this script re-runs itself there with ``--peer``.
+Writes ``benchmarks/results/peers-cpu.md``.
+
+Usage::
+
+  make bench-peers                       # installs the peers, then runs this
+  .venv/bin/python benchmarks/peers.py [--quick] [--out FILE]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
+THREADS = 2
+
+
+def best_of(fn, repeats, min_time=3.0):
+  """Best wall seconds of ``fn()`` after one warm-up call, and how many runs were timed."""
+  fn()
+  times = []
+  while len(times) < repeats:
+    tic = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - tic)
+    if len(times) >= 2 and sum(times) >= min_time:
+      break
+  return min(times), len(times)
+
+
+# -- the peers (run in .venv-peers; no JAX there) -----------------------------------------------
+
+
+def torch_femnist(repeats):
+  import copy
+
+  import torch
+  from torch import nn
+
+  torch.set_num_threads(THREADS)
+  torch.manual_seed(0)
+  model = nn.Sequential(
+    nn.Conv2d(1, 32, 5, padding=2),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Conv2d(32, 64, 5, padding=2),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.Flatten(),
+    nn.Linear(7 * 7 * 64, 2048),
+    nn.ReLU(),
+    nn.Linear(2048, 62),
+  )
+  clients = [
+    (torch.rand(5, 20, 1, 28, 28), torch.randint(0, 62, (5, 20))) for _ in range(10)
+  ]  # 10 clients x 5 steps x batch 20
+  loss_fn = nn.CrossEntropyLoss()
+
+  def round_():
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for x, y in clients:
+      local = copy.deepcopy(model)
+      opt = torch.optim.SGD(local.parameters(), lr=0.05)
+      for s in range(5):
+        opt.zero_grad()
+        loss_fn(local(x[s]), y[s]).backward()
+        opt.step()
+      with torch.no_grad():
+        for t, p, q in zip(total, model.parameters(), local.parameters()):
+          t += q - p
+    return total
+
+  t, n = best_of(round_, repeats)
+  return {"round_s": t, "runs": n, "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def pfl_logreg(cohorts, rounds):
+  import numpy as np
+  import torch
+  from pfl.aggregate.simulate import SimulatedBackend
+  from pfl.algorithm import FederatedAveraging, NNAlgorithmParams
+  from pfl.data.dataset import Dataset
+  from pfl.data.federated_dataset import FederatedDataset
+  from pfl.data.sampling import get_user_sampler
+  from pfl.hyperparam import NNEvalHyperParams, NNTrainHyperParams
+  from pfl.metrics import Weighted
+  from pfl.model.pytorch import PyTorchModel
+  from torch import nn
+
+  torch.set_num_threads(THREADS)
+  x, y = logreg_data(np)
+
+  class LogReg(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.linear = nn.Linear(20, 2)
+
+    def forward(self, x):
+      return self.linear(x)
+
+    def loss(self, x, y, eval=False):
+      self.eval() if eval else self.train()
+      return nn.functional.cross_entropy(self(x), y)
+
+    @torch.no_grad()
+    def metrics(self, x, y, eval=True):
+      loss = nn.functional.cross_entropy(self(x), y, reduction="sum").item()
+      return {"loss": Weighted(loss, len(y))}
+
+  data = {u: [torch.from_numpy(x[u]), torch.from_numpy(y[u]).long()] for u in range(len(x))}
+  out = {}
+  for cohort in cohorts:
+    torch.manual_seed(0)
+    net = LogReg()
+    model = PyTorchModel(
+      net, local_optimizer_create=torch.optim.SGD, central_optimizer=torch.optim.SGD(net.parameters(), 1.0)
+    )
+    train = FederatedDataset(lambda u: Dataset(data[u], user_id=u), get_user_sampler("random", list(data)))
+    val = FederatedDataset(lambda u: Dataset(data[u], user_id=u), get_user_sampler("random", list(data)))
+    backend = SimulatedBackend(training_data=train, val_data=val)
+    params = NNAlgorithmParams(
+      central_num_iterations=rounds, evaluation_frequency=10**9, train_cohort_size=cohort, val_cohort_size=None
+    )
+    train_params = NNTrainHyperParams(local_learning_rate=0.1, local_num_epochs=1, local_batch_size=10)
+    eval_params = NNEvalHyperParams(local_batch_size=10)
+    tic = time.perf_counter()
+    FederatedAveraging().run(params, backend, model, train_params, eval_params)
+    wall = time.perf_counter() - tic
+    out[str(cohort)] = {"clients_per_s": cohort * rounds / wall, "rounds": rounds, "wall_s": wall}
+  import pfl
+
+  out["pfl"] = getattr(pfl, "__version__", "0.6")
+  return out
+
+
+def logreg_data(np):
+  """1,000 clients x 50 examples, 20 features, 2 classes: each client's own linear rule plus noise."""
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(1000, 20, 2)).astype(np.float32)
+  x = rng.normal(size=(1000, 50, 20)).astype(np.float32)
+  y = np.argmax(np.einsum("cnf,cfk->cnk", x, w) + rng.gumbel(size=(1000, 50, 2)), -1).astype(np.int32)
+  return x, y
+
+
+# -- fedjaxscale's side (project venv) ----------------------------------------------------------
+
+
+def fjs_femnist(repeats):
+  import jax
+  import numpy as np
+  import optax
+
+  from fedjaxscale import algorithms, models
+  from fedjaxscale.data import make_cohort
+
+  rng = np.random.default_rng(0)
+  clients = [
+    {"x": rng.random((100, 28, 28, 1), dtype=np.float32), "y": rng.integers(0, 62, 100).astype(np.int32)}
+    for _ in range(10)
+  ]
+  model = models.femnist_cnn()
+  cohort = make_cohort(clients, 20, local_steps=5, seed=0)
+  alg = algorithms.fedavg(model, optax.sgd(0.05))
+  state = alg.init(model.init(jax.random.key(0)))
+
+  def round_():
+    new, _ = alg.apply(state, cohort, jax.random.key(1))
+    jax.block_until_ready(new.params)
+
+  t, n = best_of(round_, repeats)
+  return {"round_s": t, "runs": n}
+
+
+def fjs_logreg(cohorts, rounds, tmp):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from fedjaxscale import algorithms, models
+  from fedjaxscale.data import FederatedDataset, gather_cohort, write_dataset
+
+  x, y = logreg_data(np)
+  write_dataset(tmp / "lr", [f"c{i}" for i in range(1000)], {"x": x.reshape(-1, 20), "y": y.reshape(-1)}, [50] * 1000)
+  train = FederatedDataset.open(tmp / "lr")
+  model = models.logistic_regression(20, 2)
+  out = {}
+  for cohort_size in cohorts:
+    alg = algorithms.fedavg(model, optax.sgd(0.1))
+    state = alg.init(model.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+
+    def round_(state):
+      members = rng.choice(1000, cohort_size, replace=False)
+      cohort = gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0]))
+      state, _ = alg.apply(state, cohort, jax.random.key(1))
+      return state
+
+    # Two warm-up rounds: the second compiles again (the server state's round counter becomes a
+    # device array after the first update).
+    state = round_(round_(state))
+    jax.block_until_ready(state.params)
+    tic = time.perf_counter()
+    for _ in range(rounds):
+      state = round_(state)
+    jax.block_until_ready(state.params)
+    out[str(cohort_size)] = {"clients_per_s": cohort_size * rounds / (time.perf_counter() - tic), "rounds": rounds}
+
+    # Hand-written: data on the device, the cohort gathered by index inside one jit(vmap(scan)).
+    xd, yd = jnp.asarray(x.reshape(1000, 5, 10, 20)), jnp.asarray(y.reshape(1000, 5, 10))
+    params = model.init(jax.random.key(0))
+
+    @jax.jit
+    def hand(params, idx):
+      def client(xs, ys):
+        def step(p, b):
+          g = jax.grad(
+            lambda p: optax.softmax_cross_entropy_with_integer_labels(
+              model.apply(p, {"x": b[0]}, None, True), b[1]
+            ).mean()
+          )(p)
+          return jax.tree.map(lambda a, g: a - 0.1 * g, p, g), None
+
+        final, _ = jax.lax.scan(step, params, (xs, ys))
+        return jax.tree.map(jnp.subtract, params, final)
+
+      deltas = jax.vmap(client)(xd[idx], yd[idx])
+      return jax.tree.map(lambda p, d: p - d.mean(0), params, deltas)
+
+    hrng = np.random.default_rng(0)
+    params = hand(params, hrng.choice(1000, cohort_size, replace=False))
+    jax.block_until_ready(params)
+    tic = time.perf_counter()
+    for _ in range(rounds):
+      params = hand(params, hrng.choice(1000, cohort_size, replace=False))
+    jax.block_until_ready(params)
+    out[str(cohort_size)]["hand_clients_per_s"] = cohort_size * rounds / (time.perf_counter() - tic)
+  return out
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def run_peer(name, args):
+  if not PEER_PYTHON.exists():
+    return {"error": f"{PEER_PYTHON.relative_to(HERE.parent)} is missing: run `make bench-peers`"}
+  cmd = [str(PEER_PYTHON), str(pathlib.Path(__file__).resolve()), "--peer", name] + (["--quick"] if args.quick else [])
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if done.returncode != 0:
+    return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--peer", choices=["torch", "pfl"], help="(internal) run one peer and print JSON")
+  parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
+  parser.add_argument("--out", default=str(HERE / "results" / "peers-cpu.md"))
+  args = parser.parse_args()
+  repeats, rounds = (3, 3) if args.quick else (10, 10)
+  cohorts = [100, 1000]
+  if args.peer == "torch":
+    print(json.dumps(torch_femnist(repeats)))
+    return
+  if args.peer == "pfl":
+    print(json.dumps(pfl_logreg(cohorts, rounds)))
+    return
+
+  sys.path.insert(0, str(HERE.parent))
+  sys.path.insert(0, str(HERE))
+  from engine import machine_lines
+
+  load = os.getloadavg()
+  fjs_cnn = fjs_femnist(repeats)
+  print("fedjaxscale FEMNIST", fjs_cnn, flush=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    fjs_lr = fjs_logreg(cohorts, rounds, pathlib.Path(tmp))
+  print("fedjaxscale logreg", fjs_lr, flush=True)
+  torch_cnn = run_peer("torch", args)
+  print("torch", torch_cnn, flush=True)
+  pfl_lr = run_peer("pfl", args)
+  print("pfl", pfl_lr, flush=True)
+  load_end = os.getloadavg()
+
+  lines = [
+    "# fedjaxscale beside its peers (CPU)",
+    "",
+    *machine_lines(),
+    f"- load average (1, 5, 15 min) at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at end {load_end[0]:.2f} "
+    f"{load_end[1]:.2f} {load_end[2]:.2f}: figures from a shared machine are provisional",
+    "",
+    "## FEMNIST CNN, 10 clients x 5 SGD steps of batch 20",
+    "",
+    "| | round s (best of n) | **fedjaxscale speed-up** |",
+    "| --- | ---: | ---: |",
+    f"| fedjaxscale (`make_cohort` + `fedavg(...).apply`) | {fjs_cnn['round_s']:.3f} [{fjs_cnn['runs']}] | |",
+  ]
+  if "error" in torch_cnn:
+    lines.append(f"| PyTorch loop | not run: {torch_cnn['error']} | |")
+  else:
+    lines.append(
+      f"| PyTorch {torch_cnn['torch']} one client at a time, {torch_cnn['threads']} threads | "
+      f"{torch_cnn['round_s']:.3f} [{torch_cnn['runs']}] | **{torch_cnn['round_s'] / fjs_cnn['round_s']:.2f}x** |"
+    )
+  lines += [
+    "",
+    "## Logistic regression, 1,000 clients x 50 examples, 20 features, 2 classes, 1 epoch of batch 10",
+    "",
+    f"Clients/s over {rounds} rounds after a warm-up round; a new cohort every round.",
+    "",
+    "| cohort | fedjaxscale API | hand-written jit(vmap(scan)), data on device | **API / hand** | pfl | **API / pfl** |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  for c in cohorts:
+    f = fjs_lr[str(c)]
+    p = pfl_lr.get(str(c))
+    pfl_cells = f"{p['clients_per_s']:,.0f} | **{f['clients_per_s'] / p['clients_per_s']:.0f}x**" if p else "- | -"
+    lines.append(
+      f"| {c:,} | {f['clients_per_s']:,.0f} | {f['hand_clients_per_s']:,.0f} | "
+      f"**{f['clients_per_s'] / f['hand_clients_per_s']:.2f}** | {pfl_cells} |"
+    )
+  if "error" in pfl_lr:
+    lines += ["", f"pfl not run: {pfl_lr['error']}"]
+  else:
+    lines += ["", f"pfl {pfl_lr['pfl']}, one process."]
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
