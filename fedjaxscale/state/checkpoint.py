@@ -42,8 +42,13 @@ def _write_atomic(path: pathlib.Path, data: np.ndarray) -> None:
     ) from None
 
 
-def save_chunks(store: ClientStateStore, directory: str | pathlib.Path, step: int, previous: dict | None) -> dict:
+def save_chunks(
+  store: ClientStateStore, directory: str | pathlib.Path, step: int, previous: dict | None, write: bool = True
+) -> dict:
   """Writes the chunks changed since ``previous`` (the last index saved, or None) and returns the new index.
+
+  ``write=False`` returns the same index without writing (the processes of a multi-process run
+  other than the lead, which writes the shared chunk files).
 
   Returns:
     ``{"row_of": int array [N], "versions": int64 [chunks], "num_rows": int, "chunk_rows": int,
@@ -58,7 +63,8 @@ def save_chunks(store: ClientStateStore, directory: str | pathlib.Path, step: in
     versions[: len(old)] = old
   todo = sorted(c for c in range(len(store.chunks)) if c in store.dirty or versions[c] < 0)
   for c in todo:
-    _write_atomic(chunk_file(directory, c, step), store.chunks[c])
+    if write:
+      _write_atomic(chunk_file(directory, c, step), store.chunks[c])
     versions[c] = step
   store.dirty.clear()  # only once every changed chunk is safely written
   return {

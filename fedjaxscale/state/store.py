@@ -168,6 +168,8 @@ class ClientStateStore:
     if written.shape != indices.shape:
       raise ValueError(f"written has shape {written.shape}, indices {indices.shape}")
     self._allocate(indices)
+    # Chunks are dirty for every index, written or not, so all processes agree on what changed.
+    self.dirty.update(int(c) for c in np.unique(self.row_of[indices].astype(np.int64) // self.chunk_rows))
     if not written.any():
       return
     idx = indices[written]
@@ -179,7 +181,6 @@ class ClientStateStore:
     for c in np.unique(chunk):
       sel = chunk == c
       self.chunks[c][within[sel]] = data[sel]
-      self.dirty.add(int(c))
 
   def flush(self) -> None:
     for chunk in self.chunks:

@@ -1,0 +1,90 @@
+"""Stateful algorithms in the training loop: the configs' smoke runs, resume, bad input."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from fedjaxscale.training import ConfigError, train_and_evaluate
+from fedjaxscale.training.outputs import read_metrics
+from tests.test_training import load_config, without_wall
+
+
+@pytest.fixture(scope="module")
+def scaffold_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("scaffold")
+  config = load_config("scaffold", "scaffold,small", checkpoint_every=1)
+  summary = train_and_evaluate(config, workdir, show_progress=False)
+  return config, workdir, summary
+
+
+def test_scaffold_small_runs_and_stores_states(scaffold_run):
+  config, workdir, summary = scaffold_run
+  records = read_metrics(workdir)
+  assert [r["round"] for r in records] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["train_loss"]) for r in records)
+  stored = [r["states_stored"] for r in records]
+  assert stored == sorted(stored) and stored[0] >= config.clients_per_round
+  assert list((workdir / "client_states" / "checkpoints").glob("chunk-*.bin"))
+
+
+def test_scaffold_resume_equals_uninterrupted(scaffold_run, tmp_path):
+  config, full_dir, _ = scaffold_run
+  train_and_evaluate(
+    load_config("scaffold", "scaffold,small", checkpoint_every=1, rounds=2), tmp_path, show_progress=False
+  )
+  train_and_evaluate(config, tmp_path, resume=True, show_progress=False)
+  assert without_wall(read_metrics(tmp_path)) == without_wall(read_metrics(full_dir))
+  from fedjaxscale.state import ClientStateStore, restore_chunks
+  from fedjaxscale.training import client_states
+  from fedjaxscale.training.checkpoint import Checkpointer
+  from fedjaxscale.training.setup import build
+
+  parts = build(config, tmp_path)
+  like = parts.algorithm.init(parts.model.init(__import__("jax").random.key(0)))
+  layout = client_states.layout_of(config, parts.algorithm, parts.model)
+  stores = []
+  for workdir in (tmp_path, full_dir):
+    ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+    server, host = ckpt.restore(ckpt.latest_round(), like)
+    ckpt.close()
+    store = ClientStateStore(layout, parts.train.num_clients)
+    restore_chunks(store, host["client_states"], pathlib.Path(workdir) / "client_states" / "checkpoints")
+    stores.append((server, store.gather(np.arange(parts.train.num_clients))))
+  import jax
+
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), stores[0], stores[1])
+
+
+def test_resume_with_another_state_config_is_refused(scaffold_run, tmp_path):
+  config, _, _ = scaffold_run
+  train_and_evaluate(
+    load_config("scaffold", "scaffold,small", rounds=2, checkpoint_every=1), tmp_path, show_progress=False
+  )
+  other = load_config("scaffold", "scaffold,small", checkpoint_every=1)
+  other.state.storage_dtype = "bfloat16"
+  with pytest.raises(ConfigError, match=r"--resume: .*another config: leaf .* kept as float32.*kept as bfloat16"):
+    train_and_evaluate(other, tmp_path, resume=True, show_progress=False)
+
+
+def test_ditto_small_runs(tmp_path):
+  summary = train_and_evaluate(load_config("ditto", "default,small"), tmp_path, show_progress=False)
+  records = read_metrics(tmp_path)
+  assert len(records) == 4 and all(np.isfinite(r["train_loss"]) for r in records)
+  assert summary
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    ({"state.budget_mb": 0.001}, r"config\.state\.budget_mb: .*clients x 2,\d+ state bytes.*over the budget"),
+    ({"state.backing": "disk"}, r"state\.backing"),
+    ({"system.mode": "async"}, r"system\.mode.*synchronous rounds only"),
+  ],
+)
+def test_bad_state_config_is_refused_before_anything_is_written(tmp_path, overrides, message):
+  config = load_config("scaffold", "scaffold,small", **overrides)
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match=message):
+    train_and_evaluate(config, workdir, show_progress=False)
+  assert not workdir.exists()
