@@ -173,7 +173,9 @@ def _round_durations(fig, records):
   scale, unit = _time_unit(float(np.median(d)) * 10)
   d = d / scale
   ax = fig.add_subplot()
-  ax.hist(d, bins=min(50, max(5, d.size // 4)), color="C2", alpha=0.8)
+  # Equal durations (to rounding) leave no room for several bins: numpy's histogram refuses them.
+  spread = float(np.ptp(d)) > 1e-9 * max(1.0, float(np.abs(d).max()))
+  ax.hist(d, bins=min(50, max(5, d.size // 4)) if spread else 1, color="C2", alpha=0.8)
   for q, ls in ((50, "-"), (90, "--")):
     v = np.percentile(d, q)
     ax.axvline(v, color="k", ls=ls, lw=1, label=f"p{q} {v:.3g} {unit}")
