@@ -241,15 +241,15 @@ def test_scan_unroll_and_cpu_chunk_cap_do_not_change_results():
   rolled, _ = run_rounds(Engine("vmap", scan_unroll=1), cohort, rounds=1)
   unrolled, _ = run_rounds(Engine("vmap", scan_unroll=True), cohort, rounds=1)
   assert_trees_close(rolled.params, unrolled.params)
-  from fedjaxscale.engine import executor
+  from fedjaxscale.engine import compiled
 
-  old = executor.CPU_LANES_PER_DEVICE
-  executor.CPU_LANES_PER_DEVICE = 1  # 7 lanes over 4 devices -> chunks of 4 lanes
+  old = compiled.CPU_LANES_PER_DEVICE
+  compiled.CPU_LANES_PER_DEVICE = 1  # 7 lanes over 4 devices -> chunks of 4 lanes
   try:
     engine = Engine("vmap")
     capped, _ = run_rounds(engine, cohort, rounds=1)
   finally:
-    executor.CPU_LANES_PER_DEVICE = old
+    compiled.CPU_LANES_PER_DEVICE = old
   assert engine.stats.chunks == 2
   assert_trees_close(rolled.params, capped.params)
 

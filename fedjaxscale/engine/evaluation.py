@@ -16,7 +16,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
-from fedjaxscale.engine.executor import CLIENTS, Engine, place_replicated, put_host, put_rows
+from fedjaxscale.engine.executor import Engine
+from fedjaxscale.engine.placement import CLIENTS, place_replicated, put_host, put_rows
 from fedjaxscale.models.model import Model
 
 

@@ -1,0 +1,80 @@
+"""Where arrays live: the ``clients`` mesh, the engine's deliberate host-to-device transfers, and
+the memory budget."""
+
+import os
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fedjaxscale.core.types import PyTree
+
+CLIENTS = "clients"
+
+
+def default_mesh() -> jax.sharding.Mesh:
+  """A 1-D ``clients`` mesh over every (global) device."""
+  return jax.make_mesh((jax.device_count(),), (CLIENTS,), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def default_memory_budget() -> int:
+  """Half the accelerator's memory, or a quarter of host RAM on CPU."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"] * 0.5)
+  return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
+
+
+def put_host(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """Places a host array that every process holds whole; each process copies its own shards.
+
+  This and ``put_rows`` are the engine's deliberate transfers, so they are allowed under a
+  ``jax.transfer_guard('disallow')`` that catches implicit ones elsewhere.
+  """
+  x = np.asarray(x)
+  with jax.transfer_guard_host_to_device("allow"):
+    if jax.process_count() == 1:  # one batched transfer beats a callback per device
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """Puts ``tree`` on every device of ``mesh``.
+
+  Leaves already replicated over the mesh stay where they are; others go through the host, so
+  this works in multi-process runs too (every process must pass the same values).
+  """
+  sharding = NamedSharding(mesh, P())
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = put_host(np.asarray(jax.random.key_data(x)), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return put_host(np.asarray(x), sharding)
+
+  return jax.tree.map(place, tree)
+
+
+def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
+  """Places ``features[rows]`` sharded over the leading axis, reading only this process's rows."""
+
+  def put(x):
+    def shard(index):
+      r = rows[index[0]]
+      return np.asarray(x[r.reshape(-1)]).reshape(r.shape + x.shape[1:])
+
+    return jax.make_array_from_callback(rows.shape + x.shape[1:], sharding, shard)
+
+  with jax.transfer_guard_host_to_device("allow"):
+    if jax.process_count() == 1:
+      flat = rows.reshape(-1)
+      return {
+        name: jax.device_put(np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]), sharding)
+        for name, x in features.items()
+      }
+    return {name: put(x) for name, x in features.items()}
