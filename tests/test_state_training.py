@@ -2,6 +2,7 @@
 
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -24,7 +25,7 @@ def test_scaffold_small_runs_and_stores_states(scaffold_run):
   assert [r["round"] for r in records] == [1, 2, 3, 4]
   assert all(np.isfinite(r["train_loss"]) for r in records)
   stored = [r["states_stored"] for r in records]
-  assert stored == sorted(stored) and stored[0] >= config.clients_per_round
+  assert stored == sorted(stored) and stored[0] >= config.clients_per_round and stored[-1] > stored[0]
   assert list((workdir / "client_states" / "checkpoints").glob("chunk-*.bin"))
 
 
@@ -35,25 +36,9 @@ def test_scaffold_resume_equals_uninterrupted(scaffold_run, tmp_path):
   )
   train_and_evaluate(config, tmp_path, resume=True, show_progress=False)
   assert without_wall(read_metrics(tmp_path)) == without_wall(read_metrics(full_dir))
-  from fedjaxscale.state import ClientStateStore, restore_chunks
-  from fedjaxscale.training import client_states
-  from fedjaxscale.training.checkpoint import Checkpointer
-  from fedjaxscale.training.setup import build
-
-  parts = build(config, tmp_path)
-  like = parts.algorithm.init(parts.model.init(__import__("jax").random.key(0)))
-  layout = client_states.layout_of(config, parts.algorithm, parts.model)
-  stores = []
-  for workdir in (tmp_path, full_dir):
-    ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
-    server, host = ckpt.restore(ckpt.latest_round(), like)
-    ckpt.close()
-    store = ClientStateStore(layout, parts.train.num_clients)
-    restore_chunks(store, host["client_states"], pathlib.Path(workdir) / "client_states" / "checkpoints")
-    stores.append((server, store.gather(np.arange(parts.train.num_clients))))
-  import jax
-
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), stores[0], stores[1])
+  a, b = restored_store(config, tmp_path), restored_store(config, full_dir)
+  assert not a[1][1].all()  # some clients hold a state
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
 def test_resume_with_another_state_config_is_refused(scaffold_run, tmp_path):
@@ -88,3 +73,77 @@ def test_bad_state_config_is_refused_before_anything_is_written(tmp_path, overri
   with pytest.raises(ConfigError, match=message):
     train_and_evaluate(config, workdir, show_progress=False)
   assert not workdir.exists()
+
+
+def restored_store(config, workdir):
+  """The server state and every client's stored state in ``workdir``'s newest checkpoint."""
+  from fedjaxscale.state import ClientStateStore, restore_chunks
+  from fedjaxscale.training import client_states
+  from fedjaxscale.training.checkpoint import Checkpointer
+  from fedjaxscale.training.setup import build
+
+  parts = build(config, workdir)
+  like = parts.algorithm.init(parts.model.init(jax.random.key(0)))
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  server, host = ckpt.restore(ckpt.latest_round(), like)
+  ckpt.close()
+  store = ClientStateStore(client_states.layout_of(config, parts.algorithm, parts.model), parts.train.num_clients)
+  restore_chunks(store, host["client_states"], pathlib.Path(workdir) / "client_states" / "checkpoints")
+  return jax.device_get(server), store.gather(np.arange(parts.train.num_clients))
+
+
+def test_killed_scaffold_run_resumes_bit_for_bit(tmp_path):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from tests.test_training import CONFIGS
+
+  rounds = 8
+  args = [
+    "--config",
+    f"{CONFIGS / 'scaffold.py'}:scaffold,small",
+    f"--config.rounds={rounds}",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=0",
+    "--noprogress",
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    metrics = killed / "metrics.jsonl"
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists(), "killed too late to test anything"
+  resumed = subprocess.run(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  config = load_config("scaffold", "scaffold,small", rounds=rounds, checkpoint_every=1, eval_every=0)
+  straight = tmp_path / "straight"
+  train_and_evaluate(config, straight, show_progress=False)
+  assert without_wall(read_metrics(killed)) == without_wall(read_metrics(straight))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    restored_store(config, killed),
+    restored_store(config, straight),
+  )

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
     c.clients_per_round = 5
     c.data.num_clients = 50
     c.data.max_size = 100
+    c.system.always_online = True  # a small population under diurnal traces has few clients online
     c.eval_every = 2
     c.checkpoint_every = 2
   return c

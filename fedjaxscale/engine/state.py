@@ -19,6 +19,8 @@ update, weight or new state is not finite keeps its old state (``written`` is Fa
 """
 
 import functools
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -32,7 +34,11 @@ from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, chunk_sizes
 from fedjaxscale.core.tree import tree_all_finite, tree_where
 from fedjaxscale.core.types import PRNGKey, PyTree
-from fedjaxscale.engine import executor as ex
+from fedjaxscale.engine.compiled import CPU_LANES_PER_DEVICE, CPU_UNROLL_STEPS
+from fedjaxscale.engine.executor import Engine
+from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, pad_steps, per_client, slice_lanes
+from fedjaxscale.engine.placement import CLIENTS, put_host, put_rows
+from fedjaxscale.engine.program import Aggregate, ClientError, ClientOutput, accumulate, client_key, weigh
 
 
 class StatefulProgram(NamedTuple):
@@ -48,7 +54,7 @@ class StatefulProgram(NamedTuple):
 
   init: Callable[[Any, PRNGKey, PyTree], PyTree]
   step: Callable[..., PyTree]
-  finish: Callable[[Any, PyTree, jax.Array], tuple[ex.ClientOutput, PyTree]]
+  finish: Callable[[Any, PyTree, jax.Array], tuple[ClientOutput, PyTree]]
   state_init: Callable[[Any], PyTree]
 
 
@@ -77,6 +83,29 @@ def check_states(spec: PyTree, states: PyTree, num_clients: int, what: str = "cl
       )
 
 
+# Compiled stateful programs, per engine (the engine's own cache holds its stateless programs).
+_CACHES: "weakref.WeakKeyDictionary[Engine, dict]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _cache(engine: Engine) -> dict:
+  with _LOCK:
+    return _CACHES.setdefault(engine, {})
+
+
+def _unroll(engine: Engine, steps: int) -> int | bool:
+  """The local-step scan's unroll, chosen as the engine chooses it for stateless programs."""
+  if engine.scan_unroll is not None:
+    return engine.scan_unroll
+  return True if jax.default_backend() == "cpu" and steps <= CPU_UNROLL_STEPS else 1
+
+
+def _put_lanes(lanes: HostLanes, features, sharding):
+  """A chunk's examples and lane arrays on the devices (each process reads its own lanes)."""
+  small = tuple(x for x in lanes[1:] if x is not None)
+  return (put_rows(features, lanes.rows, sharding),) + tuple(put_host(x, sharding) for x in small)
+
+
 class _Slots(NamedTuple):
   """Which cohort position each lane's j-th client is (``IDLE``: none), and each step's j."""
 
@@ -84,7 +113,7 @@ class _Slots(NamedTuple):
   index: np.ndarray  # int32 [lanes, steps]
 
 
-def _slots(lanes: ex._HostLanes) -> _Slots:
+def _slots(lanes: HostLanes) -> _Slots:
   if lanes.start is None:  # one client per lane
     owner = lanes.owner.reshape(-1, 1)
     return _Slots(owner.astype(np.int32), np.zeros(lanes.mask.shape[:2], np.int32))
@@ -111,7 +140,7 @@ def _initial(program, shared, key, stored, fresh):
 
 def _finish(program, shared, carry, n, multiplier, real, old_state):
   out, new_state = program.finish(shared, carry, n)
-  weighted, w, nonfinite = ex._weigh(out, multiplier, real)
+  weighted, w, nonfinite = weigh(out, multiplier, real)
   written = real & ~nonfinite & tree_all_finite(new_state)
   new_state = tree_where(written, new_state, old_state)
   return out, weighted, w, nonfinite, new_state, written
@@ -124,7 +153,7 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
     (batch, mask, owner, num_examples, weight), stored, fresh = data
 
     def client(batch, mask, owner, n, w, stored, fresh):
-      key = ex._client_key(rng, owner)
+      key = client_key(rng, owner)
       state, carry = _initial(program, shared, key, jax.tree.map(lambda x: x[0], stored), fresh[0])
 
       def body(carry, xs):
@@ -134,7 +163,7 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
       steps = jnp.arange(mask.shape[0], dtype=jnp.int32)
       carry, _ = jax.lax.scan(body, carry, (batch, mask, steps), unroll=unroll)
       out, weighted, w, nonfinite, new_state, written = _finish(program, shared, carry, n, w, owner != IDLE, state)
-      agg = ex.Aggregate(weighted, w, nonfinite.astype(jnp.int32))
+      agg = Aggregate(weighted, w, nonfinite.astype(jnp.int32))
       return agg, out.metrics, nonfinite, jax.tree.map(lambda x: x[None], new_state), written[None]
 
     agg, metrics, nonfinite, new_states, written = jax.vmap(client)(
@@ -149,22 +178,20 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
       pick = functools.partial(jax.tree.map, lambda x: x[0])
       state, carry = _initial(program, shared, rng, pick(stored), fresh[0])
       out, _ = program.finish(shared, carry, jnp.zeros((), jnp.float32))
-      zero = ex.Aggregate(
-        jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-      )
+      zero = Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
       written = jnp.zeros(fresh.shape, bool)
 
       def body(loop, xs):
         carry, state, acc, new_states, written = loop
         b, m, o, st, en, ls, n, wm, j = xs
-        key = ex._client_key(rng, o)
+        key = client_key(rng, o)
         loaded, init_carry = _initial(program, shared, key, jax.tree.map(lambda x: x[j], stored), fresh[j])
         carry = tree_where(st, init_carry, carry)
         state = tree_where(st, loaded, state)
         carry = program.step(shared, carry, b, m, jax.random.fold_in(key, ls))
         real = (o != IDLE) & en
         out, weighted, w, nonfinite, new_state, wrote = _finish(program, shared, carry, n, wm * en, real, state)
-        acc = ex._accumulate(acc, ex.Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
+        acc = accumulate(acc, Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
         new_states = jax.tree.map(lambda s, v: s.at[j].set(jnp.where(real, v, s[j])), new_states, new_state)
         written = written.at[j].set(jnp.where(real, wrote, written[j]))
         return (carry, state, acc, new_states, written), (out.metrics, nonfinite)
@@ -180,20 +207,20 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
   def per_shard(shared, data, rng):
     acc, metrics, nonfinite, new_states, written = (packed_lanes if packed else one_client_lanes)(shared, data, rng)
     local = jax.tree.map(lambda x: x.sum(0), acc)
-    gathered = jax.lax.all_gather((metrics, nonfinite), ex.CLIENTS, tiled=True)
-    return jax.lax.psum(local, ex.CLIENTS), *gathered, new_states, written
+    gathered = jax.lax.all_gather((metrics, nonfinite), CLIENTS, tiled=True)
+    return jax.lax.psum(local, CLIENTS), *gathered, new_states, written
 
   sharded = jax.shard_map(
     per_shard,
     mesh=mesh,
-    in_specs=(P(), P(ex.CLIENTS), P()),
-    out_specs=(P(), P(), P(), P(ex.CLIENTS), P(ex.CLIENTS)),
+    in_specs=(P(), P(CLIENTS), P()),
+    out_specs=(P(), P(), P(), P(CLIENTS), P(CLIENTS)),
     check_vma=False,
   )
 
   def step(acc, shared, data, rng):
     total, metrics, nonfinite, new_states, written = sharded(shared, data, rng)
-    return ex._accumulate(acc, total), metrics, nonfinite, new_states, written
+    return accumulate(acc, total), metrics, nonfinite, new_states, written
 
   replicated = NamedSharding(mesh, P())
 
@@ -201,7 +228,7 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
     state = program.state_init(shared)
     carry = program.init(shared, rng, state)
     out, _ = program.finish(shared, carry, jnp.zeros((), jnp.float32))
-    return ex.Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    return Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
 
   acc = jax.tree.map(
     lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(zero_aggregate)
@@ -230,35 +257,36 @@ def _fetch_local(x: jax.Array) -> list[tuple[slice, np.ndarray]]:
 
 def _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, written):
   shared, rng = engine.place_replicated((shared, rng))
-  sharding = NamedSharding(engine.mesh, P(ex.CLIENTS))
+  sharding = NamedSharding(engine.mesh, P(CLIENTS))
   acc, results, outputs = None, [], []
   for part in cohort.parts:
-    lanes = ex._host_lanes(part, cohort)
+    lanes = host_lanes(part, cohort)
     packed = lanes.start is not None
     slots_all = _slots(lanes)
     limit = engine.max_clients_per_chunk
     if limit is None and jax.default_backend() == "cpu":
-      limit = ex.CPU_LANES_PER_DEVICE * engine.client_multiple
+      limit = CPU_LANES_PER_DEVICE * engine.client_multiple
     first = 0
     for size in chunk_sizes(part.num_lanes, engine.client_multiple, limit):
       stop = min(first + size, part.num_lanes)
-      chunk = ex._pad_lanes(ex._slice_lanes(lanes, first, stop), size)
+      chunk = pad_lanes(slice_lanes(lanes, first, stop), size)
       slots = _pad(slots_all.slots[first:stop], size, IDLE)
       index = _pad(slots_all.index[first:stop], size, 0)
       first = stop
       stored, is_fresh = _take(states, fresh, slots)
-      batch_and_lanes = engine._put_sharded(chunk, part.features)
-      put = functools.partial(ex.put_host, sharding=sharding)
+      batch_and_lanes = _put_lanes(chunk, part.features, sharding)
+      put = functools.partial(put_host, sharding=sharding)
       data = (batch_and_lanes, jax.tree.map(put, stored), put(is_fresh))
       if packed:
         data = data + (put(index),)
       key = ("state", program, packed, jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
-      with engine._lock:
-        if key not in engine._programs:
-          unroll = engine._unroll(chunk.mask.shape[1]) if not packed else 1
-          engine._programs[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll)
+      cache = _cache(engine)
+      with _LOCK:
+        if key not in cache:
+          unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
+          cache[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll)
           engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
-        compiled, zeros = engine._programs[key]
+        compiled, zeros = cache[key]
       acc, metrics, nonfinite, lane_states, lane_written = compiled(zeros() if acc is None else acc, shared, data, rng)
       results.append((chunk, metrics, nonfinite))
       outputs.append((slots, lane_states, lane_written))
@@ -301,15 +329,13 @@ def _contribution(program, shared, batch, mask, n, multiplier, key, stored, fres
 def _run_per_client(engine, program, shared, cohort, rng, states, fresh, new_states, written, use_jit):
   if use_jit:
     key = ("state-loop", program)
-    with engine._lock:
-      if key not in engine._programs:
-        engine._programs[key] = (
-          jax.jit(functools.partial(_contribution, program)),
-          jax.jit(ex._accumulate, donate_argnums=(0,)),
-        )
-      contribution, accumulate = engine._programs[key]
+    cache = _cache(engine)
+    with _LOCK:
+      if key not in cache:
+        cache[key] = (jax.jit(functools.partial(_contribution, program)), jax.jit(accumulate, donate_argnums=(0,)))
+      contribution, add = cache[key]
   else:
-    contribution, accumulate = functools.partial(_contribution, program), ex._accumulate
+    contribution, add = functools.partial(_contribution, program), accumulate
   acc, results = None, []
   with jax.disable_jit(not use_jit):
     for part in cohort.parts:
@@ -321,21 +347,21 @@ def _run_per_client(engine, program, shared, cohort, rng, states, fresh, new_sta
       for lane, first, stop in zip(first_lane, first_step, stop_step):
         k = int(part.owner[lane, first])
         steps = bucket_size(int(stop - first))
-        batch = {name: ex._pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
-        mask = ex._pad_steps(part.mask[lane, first:stop], steps)
+        batch = {name: pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
+        mask = pad_steps(part.mask[lane, first:stop], steps)
         stored = jax.tree.map(lambda x, k=k: np.asarray(x)[k], states)
         try:
           weighted, w, nf, m, new_state, wrote = contribution(
-            shared, batch, mask, cohort.num_examples[k], cohort.weights[k], ex._client_key(rng, k), stored, fresh[k]
+            shared, batch, mask, cohort.num_examples[k], cohort.weights[k], client_key(rng, k), stored, fresh[k]
           )
         except Exception as e:
           if use_jit:
             raise
-          raise ex.ClientError(
+          raise ClientError(
             f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: {type(e).__name__}: {e}"
           ) from e
-        contrib = ex.Aggregate(weighted, w, nf.astype(jnp.int32))
-        acc = contrib if acc is None else accumulate(acc, contrib)
+        contrib = Aggregate(weighted, w, nf.astype(jnp.int32))
+        acc = contrib if acc is None else add(acc, contrib)
         if bool(wrote):
           written[k] = True
           for target, value in zip(jax.tree.leaves(new_states), jax.tree.leaves(jax.device_get(new_state))):
@@ -365,14 +391,14 @@ class StatefulResult(NamedTuple):
       another process's devices).
   """
 
-  aggregate: ex.Aggregate
+  aggregate: Aggregate
   per_client: dict[str, np.ndarray]
   states: PyTree
   written: np.ndarray
 
 
 def run_stateful(
-  engine: ex.Engine,
+  engine: Engine,
   program: StatefulProgram,
   shared: PyTree,
   cohort: Cohort,
@@ -412,7 +438,7 @@ def run_stateful(
       engine, program, shared, cohort, rng, states, fresh, new_states, written, use_jit
     )
   engine.stats.real_example_steps += cohort.real_example_steps
-  return StatefulResult(aggregate, ex._per_client(cohort, results), new_states, written)
+  return StatefulResult(aggregate, per_client(cohort, results), new_states, written)
 
 
 def stack_states(spec: PyTree, num_clients: int) -> PyTree:
