@@ -48,7 +48,7 @@ def test_resume_with_another_state_config_is_refused(scaffold_run, tmp_path):
   )
   other = load_config("scaffold", "scaffold,small", checkpoint_every=1)
   other.state.storage_dtype = "bfloat16"
-  with pytest.raises(ConfigError, match=r"--resume: .*another config: leaf .* kept as float32.*kept as bfloat16"):
+  with pytest.raises(ConfigError, match=r"--resume: .*another config: leaf .*kept as float32.*kept as bfloat16"):
     train_and_evaluate(other, tmp_path, resume=True, show_progress=False)
 
 
@@ -56,6 +56,9 @@ def test_ditto_small_runs(tmp_path):
   summary = train_and_evaluate(load_config("ditto", "default,small"), tmp_path, show_progress=False)
   records = read_metrics(tmp_path)
   assert len(records) == 4 and all(np.isfinite(r["train_loss"]) for r in records)
+  personal = [r["eval_personal"] for r in records if "eval_personal" in r]
+  assert len(personal) == 2 and all(0 <= p["accuracy"] <= 1 and "client_accuracy_p10" in p for p in personal)
+  assert (tmp_path / "plots" / "accuracy_vs_round.png").exists()
   assert summary
 
 

@@ -34,6 +34,7 @@ def get_config(arg: str | None = None):
   c.algorithm.lam = 1.0 if "lam1" in variants else 0.1  # lambda
   c.system.overcommit = 1.3
   c.eval_every = 10
+  c.eval_personal = "personal"  # each test client also evaluated with its personal model
   c.checkpoint_every = 20
   if "small" in variants:
     c.rounds = 4

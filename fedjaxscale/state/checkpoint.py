@@ -38,7 +38,8 @@ def _write_atomic(path: pathlib.Path, data: np.ndarray) -> None:
     tmp.unlink(missing_ok=True)
     reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
     raise StoreError(
-      f"writing state checkpoint chunk {path} failed: {reason}; earlier checkpoints are intact"
+      f"writing state checkpoint chunk {path} failed: {reason}; earlier checkpoints are intact "
+      "(continue with --resume once there is room)"
     ) from None
 
 

@@ -43,6 +43,8 @@ class ClientStateStore:
     backing: ``'memory'`` or ``'memmap'``.
     directory: where a memory-mapped store keeps its live chunk files (required for ``'memmap'``).
     chunk_rows: rows per chunk (default: about 4 MiB a chunk).
+    clear: delete live chunk files an earlier run left in ``directory`` (default). In a
+      multi-process run only one process clears, before the others open the store.
 
   Example::
 
@@ -59,6 +61,7 @@ class ClientStateStore:
     backing: str = "memory",
     directory: str | pathlib.Path | None = None,
     chunk_rows: int | None = None,
+    clear: bool = True,
   ):
     if backing not in BACKINGS:
       raise ValueError(f"unknown state store backing {backing!r}; expected one of {BACKINGS}")
@@ -75,6 +78,9 @@ class ClientStateStore:
     self.dirty: set[int] = set()
     if self.directory is not None and backing == "memmap":
       self.directory.mkdir(parents=True, exist_ok=True)
+      if clear:  # stale rows of a killed run would read as stored states
+        for path in self.directory.glob("live-*.bin"):
+          path.unlink()
 
   # -- sizes ----------------------------------------------------------------------------------
 
@@ -99,13 +105,21 @@ class ClientStateStore:
       return np.zeros(shape, np.uint8)
     path = self.chunk_path(c)
     size = shape[0] * shape[1]
+    existed = path.exists()
     try:
-      with open(path, "wb") as f:
+      # Never truncate: in a multi-process run another process may have created (and written
+      # into) this chunk already. A file left by an earlier run is zeroed by whoever allocates it
+      # first in this run (restore then overwrites it).
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
         # Reserve the blocks now: a full disk fails here, cleanly, instead of as a SIGBUS when a
         # page of a sparse memory-mapped file is first written.
-        os.posix_fallocate(f.fileno(), 0, size)
+        os.posix_fallocate(fd, 0, size)
+      finally:
+        os.close(fd)
     except OSError as e:
-      path.unlink(missing_ok=True)
+      if not existed:
+        path.unlink(missing_ok=True)
       reason = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
       raise StoreError(f"cannot create state chunk {path} ({size:,} bytes): {reason}") from None
     return np.memmap(path, np.uint8, mode="r+", shape=shape)

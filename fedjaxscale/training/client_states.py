@@ -71,6 +71,17 @@ def check_config(config, require) -> None:
       "system.mode",
       f"{config.algorithm.name} keeps client states and runs synchronous rounds only, got {config.system.mode!r}",
     )
+    a = config.algorithm
+    require(
+      a.client_lr_decay == 1.0,
+      "algorithm.client_lr_decay",
+      f"is not supported by {a.name} (its client steps use a constant client_lr), got {a.client_lr_decay}",
+    )
+    require(
+      a.name != "scaffold" or a.client_momentum == 0,
+      "algorithm.client_momentum",
+      f"scaffold's local steps are plain SGD (Algorithm 1), got momentum {a.client_momentum}",
+    )
     require(config.algorithm.lam >= 0, "algorithm.lam", f"must be >= 0, got {config.algorithm.lam}")
     require(
       config.algorithm.personal_lr >= 0, "algorithm.personal_lr", f"must be >= 0, got {config.algorithm.personal_lr}"
@@ -121,7 +132,9 @@ class RunStates:
       )
     self.algorithm = algorithm
     self.estimate = est
-    self.store = ClientStateStore(layout, num_clients, est.backing, self.directory / "live")
+    lead = jax.process_index() == 0
+    self.store = ClientStateStore(layout, num_clients, est.backing, self.directory / "live", clear=lead)
+    _sync("client-state store cleared")
     self.kept: list[dict] = []
 
   def apply(self, server_state, cohort, members: np.ndarray, key):
@@ -130,6 +143,9 @@ class RunStates:
     states, fresh = self.store.gather(members)
     server_state, diagnostics, new = self.algorithm.apply(server_state, cohort, key, states, fresh)
     self.store.scatter(members, new.states, new.written)
+    if jax.process_count() > 1:  # every process's rows are in the shared files before anyone reads
+      self.store.flush()
+      _sync("client states scattered")
     diagnostics["states_stored"] = self.store.num_stored
     return server_state, diagnostics
 
@@ -137,9 +153,7 @@ class RunStates:
     """Writes the changed chunks and returns the index for the run's checkpoint."""
     if jax.process_count() > 1:
       self.store.flush()
-      from jax.experimental import multihost_utils
-
-      multihost_utils.sync_global_devices("client states flushed")
+      _sync("client states flushed")
     previous = self.kept[-1] if self.kept else None
     # Every process computes the same index; only the lead writes the (shared) chunk files.
     lead = jax.process_index() == 0
@@ -154,7 +168,16 @@ class RunStates:
       restore_chunks(self.store, index, self.directory / "checkpoints")
     except StoreError as e:
       raise StoreError(f"--resume: {e}") from None
+    self.store.flush()
+    _sync("client states restored")
     self.kept = [index]
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 class PersonalEvaluation:
