@@ -20,9 +20,9 @@ def get_config(arg: str | None = None):
   if unknown:
     raise ValueError(f"variant {arg!r}: expected 'default' or 'lam1', optionally with ',small'")
   c = get_base()
-  c.rounds = 100
-  c.clients_per_round = 20
-  c.data.num_clients = 200  # small enough that most clients are selected several times
+  c.rounds = 40
+  c.clients_per_round = 10
+  c.data.num_clients = 100  # small enough that every client is selected several times
   c.data.alpha = 1.0
   c.data.beta = 1.0
   c.data.max_size = 1000
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
   c.algorithm.personal_lr = 0.01
   c.algorithm.lam = 1.0 if "lam1" in variants else 0.1  # lambda
   c.system.overcommit = 1.3
+  c.system.always_online = True  # a 100-client population under the diurnal traces has ~5 online
   c.eval_every = 10
   c.eval_personal = "personal"  # each test client also evaluated with its personal model
   c.checkpoint_every = 20
@@ -41,7 +42,6 @@ def get_config(arg: str | None = None):
     c.clients_per_round = 5
     c.data.num_clients = 50
     c.data.max_size = 100
-    c.system.always_online = True  # a small population under diurnal traces has few clients online
     c.eval_every = 2
     c.checkpoint_every = 2
   return c

@@ -119,7 +119,9 @@ def _slots(lanes: HostLanes) -> _Slots:
     return _Slots(owner.astype(np.int32), np.zeros(lanes.mask.shape[:2], np.int32))
   first = lanes.start & (lanes.owner != IDLE)
   index = np.maximum(np.cumsum(first, axis=1) - 1, 0).astype(np.int32)
-  width = max(1, int(first.sum(1).max()))
+  # Clients per lane, bucketed: the states' shape [lanes, width, ...] is part of the compiled
+  # program's signature, so a reused (lanes, steps) shape must not recompile for every width.
+  width = bucket_size(max(1, int(first.sum(1).max())))
   slots = np.full((lanes.owner.shape[0], width), IDLE, np.int32)
   lane, step = np.nonzero(first)
   slots[lane, index[lane, step]] = lanes.owner[lane, step]
