@@ -147,7 +147,8 @@ class _Run:
             tic = time.perf_counter()
             record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
             if self.personal is not None:  # each client's own model, next to the global one
-              key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), -1)
+              # A key no training round uses (rounds fold client positions, far below 2**31 - 1).
+              key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), 2**31 - 1)
               record["eval_personal"] = self.personal(self.state, self.client_states, key, self.round)
             self.timings["eval"] = time.perf_counter() - tic
           if config.eval_train:  # the global objective: the model's loss on every client's training data
