@@ -16,9 +16,10 @@ round of the ``vmap`` backend: ``shard_map``, ``psum``, chunking, the compile ca
 ``per_client`` (the ``loop`` and ``debug`` backends).
 
 Backends:
-  * ``vmap`` (default): lanes (see ``core.cohort``) are ``vmap``ped inside ``jax.shard_map`` over
-    a 1-D ``clients`` mesh of every device; each device reduces its own lanes and a ``psum``
-    joins them. A lane holding one client runs ``init``, a ``scan`` of ``step`` and ``finish``;
+  * ``vmap`` (default): lanes (see ``core.cohort``) run inside ``jax.shard_map`` over a 1-D
+    ``clients`` mesh of every device, mapped by an execution strategy (``strategies``: ``vmap``
+    of all lanes, one lane after another, or groups of lanes; chosen by timing under
+    ``strategy="auto"``); each device reduces its own lanes and a ``psum`` joins them. A lane holding one client runs ``init``, a ``scan`` of ``step`` and ``finish``;
     a lane of packed clients restarts ``init`` where a client starts and adds the weighted
     update where one ends. Parts larger than the memory budget run as chunks of one shape,
     added into a donated on-device accumulator.
@@ -28,19 +29,40 @@ Backends:
 """
 
 import dataclasses
+import logging
+from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.types import PRNGKey, PyTree
-from fedjaxscale.engine.compiled import CPU_LANES_PER_DEVICE, CPU_UNROLL_STEPS, CompiledRounds
+from fedjaxscale.engine.compiled import (
+  CPU_LANES_PER_DEVICE,
+  CPU_UNROLL_STEPS,
+  CompiledRounds,
+  Resident,
+  feature_identity,
+)
 from fedjaxscale.engine.lanes import per_client
 from fedjaxscale.engine.per_client import PerClientRunner
-from fedjaxscale.engine.placement import CLIENTS, default_mesh, place_replicated, put_host, put_rows
+from fedjaxscale.engine.placement import (
+  CLIENTS,
+  default_memory_budget,
+  default_mesh,
+  place_replicated,
+  put_host,
+  put_rows,
+)
 from fedjaxscale.engine.program import Aggregate, ClientError, ClientOutput, ClientProgram, run_client
+from fedjaxscale.engine.strategies import parse_strategy
 
 BACKENDS = ("vmap", "loop", "debug")
+RESIDENT_FRACTION = 0.25  # resident training features may use this share of the memory budget
+
+log = logging.getLogger(__name__)
 
 # Re-exported: the engine's import path before it was split into modules.
 __all__ = [
@@ -88,9 +110,24 @@ class Engine:
     memory_budget_bytes: default: half the accelerator's memory (a quarter of RAM on CPU). On
       CPU, chunks also hold at most 1,024 lanes per device by default: measured 2.5x faster than
       one 10,240-lane chunk for logistic regression (caches), at no cost in correctness.
-    scan_unroll: ``unroll`` of the local-step ``lax.scan`` of lanes that hold one client each.
-      Default: on CPU, unroll scans of up to 8 steps fully (XLA:CPU runs convolutions inside a
-      loop body several times slower than unrolled: jax-ml/jax#12868), else 1.
+    scan_unroll: ``unroll`` of the local-step ``lax.scan`` of every lane. Default: on CPU,
+      unroll scans of up to 8 steps fully (XLA:CPU runs convolutions inside a loop body several
+      times slower than unrolled: jax-ml/jax#12868), else 1.
+    strategy: how a device runs its lanes (``vmap`` backend only; the per-client backends
+      accept and ignore it)::
+
+        strategy := "auto" | lanes ["+" conv]
+        lanes    := "vmap" | "map" | "map:" k     (k >= 1)
+        conv     := "lax" | "patches"
+
+      ``"vmap"``: all of a device's lanes at once; ``"map"``: one lane after another;
+      ``"map:k"``: k lanes at a time (``vmap``ped), groups one after another; ``"+patches"``
+      traces convolutions as patches x matmul (``models.conv``), ``"+lax"`` as
+      ``lax.conv_general_dilated``. ``"auto"`` (default) times a short list of candidates
+      (``strategies.candidates``: convolution variants only for programs that convolve) on the
+      first chunk of every new shape, keeps the fastest with the compiled program and records
+      the choice in ``strategy_choices``. All strategies give the same results to float
+      rounding. An unknown value raises ``ValueError`` naming it.
 
   Example::
 
@@ -105,7 +142,10 @@ class Engine:
     max_clients_per_chunk: int | None = None,
     memory_budget_bytes: int | None = None,
     scan_unroll: int | bool | None = None,
+    strategy: str = "auto",
   ):
+    self.strategy = strategy
+    parsed = parse_strategy(strategy)  # raises ValueError naming a bad value
     if backend not in BACKENDS:
       raise ValueError(f"unknown engine backend {backend!r}; expected one of {BACKENDS}")
     if max_clients_per_chunk is not None and max_clients_per_chunk < 1:
@@ -121,7 +161,7 @@ class Engine:
     self.lane_shapes: set[tuple[int, int]] = set()  # (lanes, steps) of the chunks compiled so far
     if backend == "vmap":
       self._runner = CompiledRounds(
-        self.mesh, self.stats, self.lane_shapes, max_clients_per_chunk, memory_budget_bytes, scan_unroll
+        self.mesh, self.stats, self.lane_shapes, max_clients_per_chunk, memory_budget_bytes, scan_unroll, parsed
       )
     else:
       self._runner = PerClientRunner(self.stats, jit=backend == "loop")
@@ -130,6 +170,47 @@ class Engine:
   def client_multiple(self) -> int:
     """Each part's lane count is padded to a multiple of this (the mesh's ``clients`` size)."""
     return int(self.mesh.shape[CLIENTS]) if self.backend == "vmap" else 1
+
+  @property
+  def strategy_choices(self) -> list[dict]:
+    """One plain dict per compiled shape: ``shape`` (lanes, steps, batch, packed, devices,
+    resident), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
+    given) and ``chosen``. Empty for the per-client backends."""
+    if self.backend != "vmap":
+      return []
+    return [dict(c, shape=dict(c["shape"]), candidates=dict(c["candidates"])) for c in self._runner.choices]
+
+  def make_resident(self, features: Mapping[str, np.ndarray]) -> bool:
+    """Keeps ``features`` (e.g. a training ``FederatedDataset.features``) on every device.
+
+    Cohorts whose parts read these very arrays (the same objects: ``make_cohort`` on a dataset
+    passes ``dataset.features`` through) are then gathered on the devices from their row
+    indices, so a round sends only int32 indices, not examples. Each process places the whole
+    arrays (every process must pass the same features). Nothing is kept, and False returned,
+    when they do not fit ``RESIDENT_FRACTION`` of the memory budget (on CPU the devices share
+    the host's RAM, so every device's copy counts), for a per-client backend, or when there are
+    2**31 rows or more.
+
+    Returns:
+      Whether the features are resident.
+    """
+    if self.backend != "vmap":
+      return False
+    features = dict(features)
+    key = feature_identity(features)
+    if key in self._runner.resident:
+      return True
+    rows = {len(x) for x in features.values()}
+    nbytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in features.values())
+    copies = len(self.mesh.local_devices) if jax.default_backend() == "cpu" else 1
+    budget = self.memory_budget_bytes or default_memory_budget()
+    if len(rows) != 1 or max(rows) >= 2**31 or nbytes * copies > RESIDENT_FRACTION * budget:
+      log.info("training features (%d bytes x %d copies) stay on the host", nbytes, copies)
+      return False
+    sharding = NamedSharding(self.mesh, P())
+    arrays = {k: put_host(np.asarray(x), sharding) for k, x in features.items()}
+    self._runner.resident[key] = Resident(arrays, features)
+    return True
 
   def place_replicated(self, tree: PyTree) -> PyTree:
     """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
