@@ -162,7 +162,7 @@ def _finish(program, shared, carry, n, multiplier, real, old_state):
 def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, unroll, strategy: Strategy):
   mesh = engine.mesh
 
-  def zero_aggregate():
+  def zero_aggregate(shared, rng):
     state = program.state_init(shared)
     carry = program.init(shared, rng, state)
     out, _ = program.finish(shared, carry, jnp.zeros((), jnp.float32))
@@ -216,7 +216,7 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
 
   def lanes(shared, data, rng):
     lane_fn = functools.partial(packed_lane if packed else client, shared, rng)
-    acc, (metrics, new_states, written), nonfinite = map_lanes(lane_fn, strategy, data, zero_aggregate())
+    acc, (metrics, new_states, written), nonfinite = map_lanes(lane_fn, strategy, data, zero_aggregate(shared, rng))
     return acc, metrics, nonfinite, new_states, written
 
   def per_shard(shared, data, rng):
@@ -238,7 +238,7 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
 
   replicated = NamedSharding(mesh, P())
   acc = jax.tree.map(
-    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(zero_aggregate)
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(zero_aggregate, shared, rng)
   )
   with strategy.trace_context():
     compiled = jax.jit(step, donate_argnums=(0,)).lower(acc, shared, data, rng).compile()
