@@ -13,7 +13,11 @@ A benchmark, not a test. One run measures, side by side:
    where the CNN's time goes (scan, vmap);
 3. padding efficiency of a heavy-tailed (power-law Synthetic sizes) ``local_epochs=1`` cohort
    (target >= 0.9), from ``padding_report`` and from the engine's own counters;
-4. a chunked run (``max_clients_per_chunk``) against an unchunked one at the largest size.
+4. a chunked run (``max_clients_per_chunk``) against an unchunked one at the largest size;
+5. execution strategies: FEMNIST CNN clients/s and GFLOP/s per ``Engine(strategy=...)`` (and
+   what ``"auto"`` chose, with its candidates' times) at FedScale's round shape (10 clients x 5
+   local steps x batch 20), and logistic regression with the training features resident on the
+   devices (``Engine.make_resident``; rows gathered on device) against gathered on the host.
 
 Timing: every figure is the best of several repeats after a warm-up run (which compiles); the
 cohort is built beforehand and its host-to-device transfer is inside the timed round for every
@@ -23,6 +27,7 @@ take fewer repeats (they stop once ``--min_time`` seconds have been timed), as e
 Usage::
 
   .venv/bin/python benchmarks/engine.py [--quick] [--out benchmarks/results/engine.md]
+  .venv/bin/python benchmarks/engine.py --only strategies --out benchmarks/results/engine_strategies.md
 """
 
 import argparse
@@ -498,6 +503,114 @@ def bench_chunking(w, n, chunk, args):
   return lines
 
 
+def bench_strategies(args):
+  """FEMNIST CNN per execution strategy, through the public API (``fedavg(...).apply``)."""
+  w = cnn_workload(args.strategy_steps, args.strategy_batch)
+  n = args.strategy_clients
+  cohort = w.cohort(n)
+  fpe3 = 3 * w.flops_per_example
+  real = cohort.real_example_steps
+  names, skipped = [], []
+  for name in (s for s in args.strategies.split(",") if s):
+    try:
+      Engine("loop" if name == "loop" else "vmap", strategy="auto" if name == "loop" else name)
+      names.append(name)
+    except ValueError as e:  # e.g. '+patches' without fedjaxscale.models.conv
+      skipped.append(f"{name} ({e})")
+  lines = [
+    f"FEMNIST CNN (dense 2048), {n} clients x {w.steps} local steps x batch {w.batch} (FedScale's round shape), "
+    f"{jax.device_count()} device(s); `fedavg(..., engine=Engine(strategy=s)).apply` on a prebuilt cohort, best of "
+    "n timed rounds [n] after a warm-up round (which compiles, and under `auto` times the candidates). "
+    f"GFLOP/s = 3 x {w.flops_per_example:,} forward FLOPs per example x examples/s.",
+    "",
+    "| strategy | first round s (compile + tuning) | round s | clients/s | GFLOP/s | compiles | load (1 min) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  ref, auto_choice = None, None
+  for name in names:
+    backend, strategy = ("loop", "auto") if name == "loop" else ("vmap", name)
+    engine = Engine(backend, strategy=strategy)
+    alg = algorithms.fedavg(w.model, optax.sgd(w.client_lr), engine=engine)
+    state = alg.init(w.params)
+    out = {}
+
+    def api_round(alg=alg, state=state, out=out):
+      out["state"], _ = alg.apply(state, cohort, jax.random.key(1))
+      jax.block_until_ready(out["state"].params)
+
+    t, runs, warm = timed(api_round, repeats=args.repeats, min_time=args.min_time)
+    params = out["state"].params
+    if ref is None:
+      ref = params
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params)))
+    if name == "auto":
+      auto_choice = engine.strategy_choices
+    load = os.getloadavg()[0]
+    lines.append(
+      f"| {name} | {warm:.1f} | {t:.3f} [{runs}] | {n / t:.2f} | {fpe3 * real / t / 1e9:.1f} | "
+      f"{engine.stats.compiles} | {load:.1f} |"
+    )
+    print(
+      f"  strategy {name}: {n / t:.2f} clients/s, {fpe3 * real / t / 1e9:.1f} GFLOP/s, max |diff| {diff:.1e}, "
+      f"load {load:.1f}",
+      flush=True,
+    )
+  if auto_choice:
+    lines += ["", f"`auto` chose: {auto_choice}"]
+  if skipped:
+    lines += ["", "Skipped: " + "; ".join(skipped)]
+  return lines
+
+
+def bench_resident(args):
+  """Logistic regression, cohorts gathered from a FederatedDataset: resident features vs host gather."""
+  import tempfile
+
+  from fedjaxscale.data import gather_cohort
+  from fedjaxscale.data.dataset import write_dataset_from_clients
+
+  sizes_ = [int(s) for s in args.resident_sizes.split(",")]
+  num = max(sizes_) * 2
+  _, data, sizes = make_synthetic(num, alpha=1.0, beta=1.0, seed=0, max_size=200)
+  clients = _client_dicts(sizes, data)
+  model = models.logistic_regression(60, 10)
+  lines = [
+    f"Logistic regression (60 -> 10), Synthetic(1, 1) dataset of {num:,} clients on disk (memory-mapped), "
+    f"local_steps={args.lr_steps}, batch {args.lr_batch}; each round builds its cohort with `gather_cohort` "
+    "(different clients each round, inside the timed round) and runs `fedavg(...).apply`. Host gather: the "
+    "examples are gathered on the host and sent every chunk; resident: `engine.make_resident(train.features)` "
+    "once, then only int32 row indices are sent and the examples gathered on the device.",
+    "",
+    "| clients/round | host gather clients/s | resident clients/s | resident / host | load (1 min) |",
+    "| ---: | ---: | ---: | ---: | ---: |",
+  ]
+  with tempfile.TemporaryDirectory() as tmp:
+    train = write_dataset_from_clients(os.path.join(tmp, "train"), [(f"c{i}", c) for i, c in enumerate(clients)])
+    for n in sizes_:
+      cells = []
+      for resident in (False, True):
+        engine = Engine(strategy="vmap")
+        if resident:
+          assert engine.make_resident(train.features)
+        alg = algorithms.fedavg(model, optax.sgd(0.1), engine=engine)
+        state = alg.init(model.init(jax.random.key(0)))
+        rounds = iter(range(10**6))
+
+        def one_round(alg=alg, state=state, rounds=rounds):
+          r = next(rounds)
+          picked = np.random.default_rng(r).choice(num, n, replace=False)
+          cohort = gather_cohort(train, picked, args.lr_batch, local_steps=args.lr_steps, seed=r)
+          jax.block_until_ready(alg.apply(state, cohort, jax.random.key(r))[0].params)
+
+        t, runs, _ = timed(one_round, repeats=args.repeats, min_time=args.min_time)
+        cells.append((t, runs))
+      (th, nh), (tr, nr) = cells
+      load = os.getloadavg()[0]
+      lines.append(f"| {n:,} | {fmt(n / th)} [{nh}] | {fmt(n / tr)} [{nr}] | **{th / tr:.2f}** | {load:.1f} |")
+      print(f"  resident {n}: host {n / th:.0f}/s resident {n / tr:.0f}/s load {load:.1f}", flush=True)
+  return lines
+
+
 def machine_lines():
   cpu = "unknown"
   try:
@@ -563,6 +676,12 @@ def main():
   parser.add_argument("--loop_max", type=int, default=10000, help="largest cohort the loop backend runs")
   parser.add_argument("--padding_clients", type=int, default=1000)
   parser.add_argument("--chunk", type=int, default=1024, help="max_clients_per_chunk of the chunked run")
+  parser.add_argument("--only", choices=("all", "strategies"), default="all", help="'strategies': sections 5 only")
+  parser.add_argument("--strategies", default="vmap,vmap+patches,map+patches,map:2+patches,map:5+patches,auto,loop")
+  parser.add_argument("--strategy_clients", type=int, default=10)
+  parser.add_argument("--strategy_steps", type=int, default=5)
+  parser.add_argument("--strategy_batch", type=int, default=20)
+  parser.add_argument("--resident_sizes", default="100,1000")
   args = parser.parse_args()
   if args.quick:
     args.lr_sizes, args.cnn_sizes, args.repeats, args.min_time = "10,100", "10", 5, 1.0
@@ -573,6 +692,12 @@ def main():
   t_start = time.perf_counter()
   out = ["# Engine benchmark", ""] + machine_lines() + [""]
   print("\n".join(out), flush=True)
+  if args.only == "strategies":
+    out += ["## 5. Execution strategies", ""] + bench_strategies(args) + [""]
+    out += ["Resident training data:", ""] + bench_resident(args) + [""]
+    out += [f"Total benchmark wall time: {time.perf_counter() - t_start:.0f} s.", ""]
+    _write(out, args)
+    return
 
   print("matmul...", flush=True)
   matmul = matmul_flops()
@@ -614,7 +739,13 @@ def main():
   out += breakdown + [""]
   out += ["## 3. Padding efficiency, heavy-tailed epoch-mode cohort", ""] + padding + [""]
   out += ["## 4. Chunking overhead", ""] + chunking + [""]
+  out += ["## 5. Execution strategies", ""] + bench_strategies(args) + [""]
+  out += ["Resident training data:", ""] + bench_resident(args) + [""]
   out += [f"Total benchmark wall time: {time.perf_counter() - t_start:.0f} s.", ""]
+  _write(out, args)
+
+
+def _write(out, args):
   text = "\n".join(out)
   print(text)
   if args.out:

@@ -15,13 +15,15 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.algorithms import Shared
 from fedjaxscale.data import gather_cohort, make_cohort
 from fedjaxscale.data.dataset import write_dataset_from_clients
-from fedjaxscale.engine import Engine
+from fedjaxscale.engine import Engine, compiled
 from fedjaxscale.engine.strategies import Strategy, candidates, conv_module, map_lanes, parse_strategy
 from tests.test_models_zoo import TINY, image_examples
 
 BATCH = 2
 STEPS = 2
-SIZES = (3, 5, 2, 7, 4)  # 5 clients: map:2 has a remainder lane
+# 5 clients (map:2 has a remainder lane); in epochs mode 1 or 2 steps each, so the loop backend
+# compiles two step buckets and the packed cohort shares lanes.
+SIZES = (2, 4, 2, 4, 3)
 
 
 def one_device_mesh():
@@ -40,8 +42,9 @@ ZOO = {
 }
 
 
-def strategies_for(name):
-  out = ["vmap", "map", "map:2"]
+def strategies_for(name, mode):
+  # Packed lanes are fewer: map:2 covers both its sequential groups and its vmapped remainder.
+  out = ["vmap", "map", "map:2"] if mode == "steps" else ["vmap", "map:2"]
   if conv_module() is not None and name in ("femnist_cnn", "resnet18_gn", "speech_cnn"):
     out += ["vmap+patches", "map+patches"]
   return out
@@ -88,7 +91,7 @@ def test_every_strategy_equals_the_loop_backend(name, mode):
   cohort = cohort_for(data, mode)
   rng = jax.random.key(3)
   want = Engine("loop").run(program, shared, cohort, rng)
-  for strategy in strategies_for(name):
+  for strategy in strategies_for(name, mode):
     engine = Engine(mesh=one_device_mesh(), strategy=strategy)
     got = engine.run(program, shared, cohort, rng)
     assert engine.strategy_choices[0]["chosen"] == str(parse_strategy(strategy))
@@ -101,7 +104,7 @@ def test_every_strategy_equals_the_loop_backend(name, mode):
 @pytest.mark.parametrize("strategy", ["map", "map:2", "map:3"])
 def test_one_device_equals_four_devices(strategy):
   program, shared, data = setup("logistic_regression")
-  data = data + data[:4]  # 9 clients: 12 lanes on 4 devices, 3 a device (map:2 has a remainder)
+  data = data + data[:4]  # 9 clients; steps mode: 12 lanes on 4 devices, 3 a device (map:2 has a remainder)
   for mode in ("steps", "epochs"):
     cohort = cohort_for(data, mode)
     one = Engine(mesh=one_device_mesh(), strategy=strategy).run(program, shared, cohort, jax.random.key(1))
@@ -162,7 +165,8 @@ class _CompileLog(logging.Handler):
       self.messages.append(record.getMessage())
 
 
-def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later_rounds():
+def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later_rounds(monkeypatch):
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.0)  # tune even this tiny chunk
   program, shared, data = setup("logistic_regression")
   engine = Engine()  # strategy="auto"; 5 clients -> 8 lanes, 2 a device: candidates vmap and map
   assert engine.strategy == "auto"
@@ -198,6 +202,16 @@ def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later
     logger.setLevel(old_level)
   assert engine.stats.compiles == 2 and handler.messages == []
   assert len(engine.strategy_choices) == 1
+
+
+def test_autotune_leaves_quick_chunks_at_vmap(monkeypatch):
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 1e9)
+  program, shared, data = setup("logistic_regression")
+  engine = Engine()
+  engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
+  (choice,) = engine.strategy_choices
+  assert choice["chosen"] == "vmap" and list(choice["candidates"]) == ["vmap"]
+  assert engine.stats.compiles == 1
 
 
 def test_explicit_strategy_wins_and_is_recorded():

@@ -25,6 +25,12 @@ from fedjaxscale.engine.strategies import Strategy
 CPU_LANES_PER_DEVICE = 1024  # default chunk cap on CPU (see Engine)
 CPU_UNROLL_STEPS = 8  # default: fully unroll local-step scans up to this long on CPU (see Engine)
 AUTOTUNE_SLOWER = 2.0  # a candidate whose first timed run is this much slower than the best gets no second run
+# Another candidate replaces the first (plain ``vmap``) only when this much faster: timing noise
+# alone then rarely changes the choice (and so the last bits of the results) between runs.
+AUTOTUNE_MARGIN = 1.1
+# A chunk that runs faster than this under plain ``vmap`` is not tuned: other candidates could
+# save little per round and would cost a compile each (tests' tiny models stay at one compile).
+AUTOTUNE_MIN_SECONDS = 0.05
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +161,13 @@ class CompiledRounds:
       todo = strategies.candidates(jax.default_backend(), per_device, first.has_conv)
       device_features = self._device_features(features)
       seconds, compiled, best = {}, [], None
-      for s in todo:
+      for s in todo if len(todo) > 1 else ():  # nothing to time when there is one candidate
         compiled.append(self._candidate(key, s, program, shared, lanes, features, rng))
         seconds[str(s)] = _time(compiled[-1], shared, device_features, data, rng, best)
         best = seconds[str(s)] if best is None else min(best, seconds[str(s)])
-      chosen = compiled[_agreed_fastest(list(seconds.values()))]
+        if len(seconds) == 1 and _agreed_max(best) < AUTOTUNE_MIN_SECONDS:
+          break  # too quick to be worth more compiles
+      chosen = compiled[_agreed_fastest(list(seconds.values()))] if seconds else first
       record = {"shape": shape, "candidates": seconds, "chosen": str(chosen.strategy)}
       log.info("engine strategy for %s: %s (seconds per chunk: %s)", shape, record["chosen"], seconds)
     with self._lock:
@@ -178,7 +186,7 @@ class CompiledRounds:
     def fetch(device_features, source):
       if not resident:
         return source
-      return {k: jnp.take(x, source, axis=0) for k, x in device_features.items()}
+      return {k: jnp.take(x, source, axis=0, mode="clip") for k, x in device_features.items()}
 
     def per_shard(shared, device_features, data, rng):
       zero = zero_aggregate(program, shared, rng)
@@ -327,12 +335,22 @@ def _time(compiled: Compiled, shared, device_features, data, rng, best: float | 
   return min(times)
 
 
+def _agreed_max(seconds: float) -> float:
+  """The largest of every process's ``seconds`` (so that all take the same branch)."""
+  if jax.process_count() == 1:
+    return seconds
+  from jax.experimental import multihost_utils
+
+  return float(np.max(multihost_utils.process_allgather(np.float32(seconds))))
+
+
 def _agreed_fastest(seconds: list[float]) -> int:
-  """The index of the fastest candidate; across processes, of the smallest slowest-process time,
-  so that every process runs the same program."""
+  """The index of the fastest candidate (the first unless another beats it by ``AUTOTUNE_MARGIN``);
+  across processes, by the slowest process's times, so that every process runs the same program."""
   times = np.asarray(seconds, np.float64)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
     times = np.asarray(multihost_utils.process_allgather(times)).max(axis=0)
-  return int(np.argmin(times))
+  best = int(np.argmin(times))
+  return best if times[best] * AUTOTUNE_MARGIN < times[0] else 0

@@ -127,7 +127,9 @@ class Engine:
       (``strategies.candidates``: convolution variants only for programs that convolve) on the
       first chunk of every new shape, keeps the fastest with the compiled program and records
       the choice in ``strategy_choices``. All strategies give the same results to float
-      rounding. An unknown value raises ``ValueError`` naming it.
+      rounding, not bit for bit, and timing can choose differently from one run to the next:
+      name a strategy where runs must agree to the last bit. An unknown value raises
+      ``ValueError`` naming it.
 
   Example::
 
@@ -175,7 +177,7 @@ class Engine:
   def strategy_choices(self) -> list[dict]:
     """One plain dict per compiled shape: ``shape`` (lanes, steps, batch, packed, devices,
     resident), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
-    given) and ``chosen``. Empty for the per-client backends."""
+    given or only one candidate applies) and ``chosen``. Empty for the per-client backends."""
     if self.backend != "vmap":
       return []
     return [dict(c, shape=dict(c["shape"]), candidates=dict(c["candidates"])) for c in self._runner.choices]
