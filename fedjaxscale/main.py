@@ -60,6 +60,7 @@ def main(argv):
     _fail(f"unexpected arguments {argv[1:]}; config fields are set as --config.FIELD=VALUE")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # checkpoint libraries log every save at INFO
+  from fedjaxscale.state import StoreError
   from fedjaxscale.training import ConfigError, distributed, train_and_evaluate  # after flag parsing: keeps --help fast
 
   try:
@@ -76,7 +77,7 @@ def main(argv):
     summary = train_and_evaluate(
       FLAGS.config, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite, show_progress=FLAGS.progress
     )
-  except ConfigError as e:
+  except (ConfigError, StoreError) as e:  # a bad config, or a client-state store that cannot be written
     _fail(str(e))
   if distributed.is_lead():
     print(json.dumps(summary, indent=1))

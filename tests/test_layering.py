@@ -18,6 +18,7 @@ ALLOWED = {
   "data": {"core", "data"},
   "systems": {"systems"},
   "scheduler": {"systems", "scheduler"},
+  "state": {"core", "state"},
 }
 NO_JAX = {"systems", "scheduler", "data"}
 

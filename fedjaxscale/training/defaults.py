@@ -33,7 +33,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.groups = 2  # resnet18_gn: group-norm groups
 
   c.algorithm = ml_collections.ConfigDict()
-  c.algorithm.name = "fedavg"  # 'fedavg', 'fedprox', 'fedyogi', 'fedadam' or 'fedadagrad'
+  c.algorithm.name = "fedavg"  # 'fedavg', 'fedprox', 'fedyogi', 'fedadam', 'fedadagrad', 'scaffold' or 'ditto'
   c.algorithm.client_lr = 0.05  # client SGD learning rate
   c.algorithm.client_momentum = 0.0  # client SGD momentum (0: none)
   c.algorithm.client_lr_decay = 1.0  # multiply the client lr by this every client_lr_decay_every rounds
@@ -47,6 +47,8 @@ def get_base() -> ml_collections.ConfigDict:
   c.algorithm.tau = 1e-3  # adaptive servers: adaptivity
   c.algorithm.initial_v = 0.0  # adaptive servers: v_0 (0: tau**2, as Reddi et al.)
   c.algorithm.weighting = "num_examples"  # 'num_examples' (n_k-weighted mean) or 'uniform'
+  c.algorithm.lam = 0.1  # ditto: lambda of the personal models' proximal term
+  c.algorithm.personal_lr = 0.0  # ditto: the personal models' SGD learning rate (0: client_lr)
 
   c.local = ml_collections.ConfigDict()
   c.local.batch_size = 10  # examples per local step
@@ -71,6 +73,11 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval_every = 5  # evaluate on the test clients every this many rounds (0: never)
   c.eval_batch_size = 1024  # examples per evaluation batch
   c.eval_train = False  # also evaluate the global model on the training clients (the FedProx paper's training loss)
+  c.eval_personal = (
+    ""  # also evaluate per-client models: 'personal' (Ditto's), 'adapt' (global + local fine-tuning), '' none
+  )
+  c.eval_adapt_steps = 5  # 'adapt': local steps of fine-tuning on the client's training data before its test
+  c.eval_adapt_lr = 0.0  # 'adapt': fine-tuning SGD learning rate (0: algorithm.client_lr)
   c.target_accuracy = 0.0  # report the simulated time to reach this test accuracy (0: none)
   c.checkpoint_every = 10  # rounds between checkpoints, and one at the end (0: none)
 
@@ -80,4 +87,10 @@ def get_base() -> ml_collections.ConfigDict:
   c.engine.strategy = "auto"  # 'auto' (measured), 'vmap', 'map' or 'map:<k>', optionally with '+patches'
   c.engine.compilation_cache = True  # JAX's persistent compilation cache (a second run compiles nothing)
   c.engine.compilation_cache_dir = ""  # '': the user's cache dir (see training/compilation.py)
+
+  c.state = ml_collections.ConfigDict()  # the client-state store of stateful algorithms (scaffold, ditto)
+  c.state.backing = "auto"  # 'memory', 'memmap' (files in WORKDIR/client_states) or 'auto' (by size)
+  c.state.storage_dtype = "native"  # 'native', or 'bfloat16'/'float16'/'float32' for floating leaves
+  c.state.budget_mb = 0.0  # refuse a run whose store could exceed this many MiB (0: no budget)
+  c.state.memory_limit_mb = 1024.0  # 'auto': memory-mapped when the store could exceed this
   return c

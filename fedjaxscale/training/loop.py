@@ -30,7 +30,8 @@ from fedjaxscale.algorithms import Shared
 from fedjaxscale.data import gather_cohort, plan_shapes
 from fedjaxscale.engine import Aggregate, Evaluator
 from fedjaxscale.scheduler import Status
-from fedjaxscale.training import compilation, outputs, plots
+from fedjaxscale.state import StoreError
+from fedjaxscale.training import client_states, compilation, outputs, plots
 from fedjaxscale.training.checkpoint import Checkpointer
 from fedjaxscale.training.distributed import is_lead
 from fedjaxscale.training.progress import Progress
@@ -47,6 +48,7 @@ RUN_FILES = (
   "plots",
   "checkpoints",
   "data",
+  "client_states",
 )
 
 
@@ -133,7 +135,15 @@ class _Run:
     self.algorithm = parts.algorithm
     init_key, self.key = jax.random.split(jax.random.key(config.seed))
     self.state = self.algorithm.init(parts.model.init(init_key))
+    self.client_states = None
+    if client_states.is_stateful(self.algorithm):  # SCAFFOLD, Ditto: a store of per-client states
+      self.client_states = client_states.RunStates(
+        config, workdir, self.algorithm, parts.model, parts.train.num_clients
+      )
     self.evaluator = Evaluator(parts.model, self.engine, config.eval_batch_size)
+    self.personal = None
+    if config.eval_personal and parts.test is not None:
+      self.personal = client_states.PersonalEvaluation(config, parts)
     self.checkpointer = Checkpointer(workdir / "checkpoints")
     self.round = 0
     self.wall_before = 0.0
@@ -174,6 +184,10 @@ class _Run:
           if self.p.test is not None:
             tic = time.perf_counter()
             record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
+            if self.personal is not None:  # each client's own model, next to the global one
+              # A key no training round uses (rounds fold client positions, far below 2**31 - 1).
+              key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), 2**31 - 1)
+              record["eval_personal"] = self.personal(self.state, self.client_states, key, self.round)
             self.timings["eval"] = time.perf_counter() - tic
           if config.eval_train:  # the global objective: the model's loss on every client's training data
             tic = time.perf_counter()
@@ -240,7 +254,11 @@ class _Run:
       tic = time.perf_counter()
       cohort = self._cohort(members, max_steps=max_steps, seed_offset=0)
       tic = self._tick("gather", tic)
-      self.state, diagnostics = self.algorithm.apply(self.state, cohort, jax.random.fold_in(self.key, self.round))
+      key = jax.random.fold_in(self.key, self.round)
+      if self.client_states is None:
+        self.state, diagnostics = self.algorithm.apply(self.state, cohort, key)
+      else:
+        self.state, diagnostics = self.client_states.apply(self.state, cohort, members, key)
       self._tick("engine", tic)
       p.planner.report(plan, diagnostics["client_loss_sq"][: len(plan.aggregated)])
       record.update(
@@ -248,6 +266,8 @@ class _Run:
         nonfinite=diagnostics["num_nonfinite"],
         padding_efficiency=diagnostics["padding_efficiency"],
       )
+      if "states_stored" in diagnostics:  # stateful algorithms: clients holding a state so far
+        record["states_stored"] = diagnostics["states_stored"]
       self.clients_trained += len(members)
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
@@ -386,6 +406,8 @@ class _Run:
       "pending": pending,
       "pending_steps": sorted(int(k) for k in self.pending),
     }
+    if self.client_states is not None:  # the changed chunks are written now; the index goes with the checkpoint
+      host["client_states"] = self.client_states.save(self.round)
     self.checkpointer.save(self.round, self.state, host)
 
   def _restore(self) -> None:
@@ -398,6 +420,13 @@ class _Run:
     self.clients_trained = int(host["clients_trained"])
     self.p.planner.load_state_dict(host["planner"])
     self.engine.lane_shapes.update(tuple(int(v) for v in row) for row in host["lane_shapes"])
+    if self.client_states is not None:
+      if "client_states" not in host:
+        raise ConfigError(f"--resume: {self.workdir / 'checkpoints'} was written by a run without client states")
+      try:
+        self.client_states.restore(host["client_states"])
+      except StoreError as e:
+        raise ConfigError(str(e)) from None
     template = self.state.params
     for k in host.get("pending_steps", []):
       saved = host["pending"][str(k)]

@@ -15,6 +15,9 @@ The workdir layout (the contract; readers ignore keys and files they do not know
   - ``eval`` (only on rounds that evaluated): ``{accuracy, loss, client_accuracy_p10,
     client_accuracy_p50, client_accuracy_p90, ...}``: example-weighted accuracy and loss over
     the test clients, and percentiles of the per-client accuracy (FedScale's fairness view).
+  - ``eval_personal`` (with ``eval_personal`` set): the same keys for each client evaluated with
+    its own model (Ditto's personal model, or the global model fine-tuned on its data).
+  - ``states_stored`` (stateful algorithms): clients holding a state in the store so far.
 
   More keys may appear. Non-finite floats are written as ``NaN``/``Infinity`` (Python's
   ``json`` reads them back).
@@ -92,6 +95,7 @@ CLIENT_DURATION = "Train/client_duration"
 ROUND_TO_ACCURACY = "Test/round_to_accuracy"
 TEST_ROUND_TO_LOSS = "Test/round_to_loss"
 TIME_TO_ACCURACY = "Test/time_to_accuracy"
+PERSONAL_ROUND_TO_ACCURACY = "Test/personal_round_to_accuracy"  # eval_personal: each client's own model
 
 _EVENT_GLOB = "events.out.tfevents.*"
 _TIMELINE_DTYPE = np.dtype(
@@ -272,6 +276,12 @@ class RunWriter:
         emit(tbsummary.scalar(ROUND_TO_ACCURACY, float(ev["accuracy"])), r)
         if record.get("clock_s") is not None:
           emit(tbsummary.scalar(TIME_TO_ACCURACY, float(ev["accuracy"])), int(record["clock_s"] // 60))
+    personal = record.get("eval_personal")
+    if isinstance(personal, dict):
+      for key in ("accuracy", "client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90"):
+        if personal.get(key) is not None:
+          tag = PERSONAL_ROUND_TO_ACCURACY if key == "accuracy" else f"Test/personal_{key}"
+          emit(tbsummary.scalar(tag, float(personal[key])), r)
     self._events.flush()
 
 

@@ -128,6 +128,12 @@ def _accuracy(fig, records, x_axis, target):
   if all(v is not None for v in pcts[1]):
     ax.plot(x, pcts[1], color="C0", ls="--", lw=1, label="per-client accuracy, median")
   ax.plot(x, acc, color="C0", marker="." if len(x) < 60 else None, label="test accuracy")
+  personal = [r.get("eval_personal") or {} for r in evals]
+  if all(p.get("accuracy") is not None for p in personal):  # eval_personal: each client's own model
+    lo, hi = [p.get("client_accuracy_p10") for p in personal], [p.get("client_accuracy_p90") for p in personal]
+    if all(v is not None for v in lo + hi):
+      ax.fill_between(x, lo, hi, color="C2", alpha=0.15, lw=0, label="personalized, per-client p10-p90")
+    ax.plot(x, [p["accuracy"] for p in personal], color="C2", marker="." if len(x) < 60 else None, label="personalized")
   if target is not None:
     ax.axhline(target, color="0.4", ls=":", lw=1, label=f"target {target:g}")
   ax.set(
@@ -167,7 +173,9 @@ def _round_durations(fig, records):
   scale, unit = _time_unit(float(np.median(d)) * 10)
   d = d / scale
   ax = fig.add_subplot()
-  ax.hist(d, bins=min(50, max(5, d.size // 4)), color="C2", alpha=0.8)
+  # Equal durations (to rounding) leave no room for several bins: numpy's histogram refuses them.
+  spread = float(np.ptp(d)) > 1e-9 * max(1.0, float(np.abs(d).max()))
+  ax.hist(d, bins=min(50, max(5, d.size // 4)) if spread else 1, color="C2", alpha=0.8)
   for q, ls in ((50, "-"), (90, "--")):
     v = np.percentile(d, q)
     ax.axvline(v, color="k", ls=ls, lw=1, label=f"p{q} {v:.3g} {unit}")

@@ -21,6 +21,7 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
 from fedjaxscale.engine import Engine
 from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
+from fedjaxscale.state import StoreTooLarge
 from fedjaxscale.systems import (
   Availability,
   LatencyModel,
@@ -30,10 +31,11 @@ from fedjaxscale.systems import (
   load_traces,
   model_bits,
 )
+from fedjaxscale.training import client_states
 from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
+ALGORITHMS = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "scaffold", "ditto")
 MODELS = (
   "logistic_regression",
   "mlp",
@@ -150,6 +152,7 @@ def check_config(config) -> None:
     f"{config.engine.strategy!r} is not one of 'auto', 'vmap', 'map', 'map:<k>' (k >= 1 clients at a time), "
     "optionally followed by '+patches' or '+lax'",
   )
+  client_states.check_config(config, _require)
 
 
 def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
@@ -270,7 +273,14 @@ def build(config, workdir: pathlib.Path) -> RunParts:
   )
   model = build_model(config, train)
   engine = build_engine(config)
-  algorithm = build_algorithm(config, model, engine)
+  if config.algorithm.name in client_states.STATEFUL:
+    algorithm = client_states.build_algorithm(config, model, engine, train.num_clients)
+    try:  # the client-state store's size, before anything is trained or written
+      client_states.plan_store(config, algorithm, model, train.num_clients, workdir)
+    except StoreTooLarge as e:
+      raise ConfigError(f"config.{e}") from None
+  else:
+    algorithm = build_algorithm(config, model, engine)
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0))))
   s = config.system
   try:

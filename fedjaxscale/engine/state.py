@@ -1,0 +1,466 @@
+"""The engine's client-state path: per-client state in, new per-client state out.
+
+A ``StatefulProgram`` is a ``ClientProgram`` whose clients carry a state pytree between rounds
+(SCAFFOLD's control variate, Ditto's personal model, a client optimizer's moments). Its shape and
+dtype are declared by ``state_init(shared)``, which is also the state of a client never selected
+before. ``init`` receives the client's stored state, ``finish`` returns the new one next to the
+``ClientOutput``.
+
+``run_stateful(engine, program, shared, cohort, rng, states, fresh)`` runs the cohort like
+``Engine.run`` and gathers the cohort's states onto the devices with it:
+
+* one client per lane: lane ``l`` gets its client's state as ``state[l]``;
+* packed lanes: lane ``l`` holds the states of all its clients, ``state[l, j]`` for its j-th
+  client; a client's state is loaded at its first step and its new state written at its last.
+
+The new states come back sharded over the ``clients`` axis (each process fetches only its own
+devices' lanes) next to the aggregate, which is reduced on the devices as before. A client whose
+update, weight or new state is not finite keeps its old state (``written`` is False for it).
+"""
+
+import functools
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.core.cohort import IDLE, Cohort, chunk_sizes
+from fedjaxscale.core.tree import tree_all_finite, tree_where
+from fedjaxscale.core.types import PRNGKey, PyTree
+from fedjaxscale.engine.compiled import CPU_LANES_PER_DEVICE, CPU_UNROLL_STEPS
+from fedjaxscale.engine.executor import Engine
+from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, pad_steps, per_client, slice_lanes
+from fedjaxscale.engine.placement import CLIENTS, put_host, put_rows
+from fedjaxscale.engine.program import Aggregate, ClientError, ClientOutput, accumulate, client_key, weigh
+from fedjaxscale.engine.strategies import Strategy, map_lanes, parse_strategy
+
+
+class StatefulProgram(NamedTuple):
+  """A client's local work with a state kept between rounds.
+
+  Attributes:
+    init: ``(shared, rng, state) -> carry``; ``state`` is the client's stored state.
+    step: ``(shared, carry, batch, mask, rng) -> carry`` (as ``ClientProgram.step``).
+    finish: ``(shared, carry, num_examples) -> (ClientOutput, new_state)``.
+    state_init: ``shared -> state``; declares the state's shape and dtype and is the state of a
+      client never selected before.
+  """
+
+  init: Callable[[Any, PRNGKey, PyTree], PyTree]
+  step: Callable[..., PyTree]
+  finish: Callable[[Any, PyTree, jax.Array], tuple[ClientOutput, PyTree]]
+  state_init: Callable[[Any], PyTree]
+
+
+class StateError(ValueError):
+  """A state that does not match the program's declared shape or dtype."""
+
+
+def state_spec(program: StatefulProgram, shared) -> PyTree:
+  """The declared per-client state: a pytree of ``jax.ShapeDtypeStruct``."""
+  return jax.eval_shape(program.state_init, shared)
+
+
+def check_states(spec: PyTree, states: PyTree, num_clients: int, what: str = "client states") -> None:
+  """Raises ``StateError`` naming the first leaf whose structure, shape or dtype differs from ``spec``."""
+  want_leaves, want_def = jax.tree_util.tree_flatten_with_path(spec)
+  got_leaves, got_def = jax.tree_util.tree_flatten_with_path(states)
+  if want_def != got_def:
+    raise StateError(f"{what}: structure {got_def} does not match the program's declared state {want_def}")
+  for (path, want), (_, got) in zip(want_leaves, got_leaves):
+    name = jax.tree_util.keystr(path) or "<root>"
+    shape = (num_clients,) + tuple(want.shape)
+    if tuple(np.shape(got)) != shape or np.dtype(got.dtype) != np.dtype(want.dtype):
+      raise StateError(
+        f"{what}: leaf {name} is {np.dtype(got.dtype).name}{list(np.shape(got))}; the program declares "
+        f"{np.dtype(want.dtype).name}{list(shape)} (clients x {list(want.shape)})"
+      )
+
+
+# Compiled stateful programs, per engine (the engine's own cache holds its stateless programs).
+_CACHES: "weakref.WeakKeyDictionary[Engine, dict]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _cache(engine: Engine) -> dict:
+  with _LOCK:
+    return _CACHES.setdefault(engine, {})
+
+
+def _unroll(engine: Engine, steps: int) -> int | bool:
+  """The local-step scan's unroll, chosen as the engine chooses it for stateless programs."""
+  if engine.scan_unroll is not None:
+    return engine.scan_unroll
+  return True if jax.default_backend() == "cpu" and steps <= CPU_UNROLL_STEPS else 1
+
+
+def _strategy(engine: Engine) -> Strategy:
+  """How a device maps its lanes: the engine's explicit strategy, else (``"auto"``, not timed
+  for stateful programs yet) ``map:4`` on CPU, the fastest of the engine's CPU candidates for
+  logistic regression at 1,000 clients, and ``vmap`` elsewhere."""
+  parsed = parse_strategy(getattr(engine, "strategy", "vmap"))
+  if parsed is not None:
+    return parsed
+  return Strategy("map", 4) if jax.default_backend() == "cpu" else Strategy("vmap")
+
+
+def _put_lanes(lanes: HostLanes, features, sharding):
+  """A chunk's examples and lane arrays on the devices (each process reads its own lanes)."""
+  small = tuple(x for x in lanes[1:] if x is not None)
+  return (put_rows(features, lanes.rows, sharding),) + tuple(put_host(x, sharding) for x in small)
+
+
+class _Slots(NamedTuple):
+  """Which cohort position each lane's j-th client is (``IDLE``: none), and each step's j."""
+
+  slots: np.ndarray  # int32 [lanes, M]
+  index: np.ndarray  # int32 [lanes, steps]
+
+
+def _slots(lanes: HostLanes) -> _Slots:
+  if lanes.start is None:  # one client per lane
+    owner = lanes.owner.reshape(-1, 1)
+    return _Slots(owner.astype(np.int32), np.zeros(lanes.mask.shape[:2], np.int32))
+  first = lanes.start & (lanes.owner != IDLE)
+  index = np.maximum(np.cumsum(first, axis=1) - 1, 0).astype(np.int32)
+  # Clients per lane, bucketed: the states' shape [lanes, width, ...] is part of the compiled
+  # program's signature, so a reused (lanes, steps) shape must not recompile for every width.
+  width = bucket_size(max(1, int(first.sum(1).max())))
+  slots = np.full((lanes.owner.shape[0], width), IDLE, np.int32)
+  lane, step = np.nonzero(first)
+  slots[lane, index[lane, step]] = lanes.owner[lane, step]
+  return _Slots(slots, index)
+
+
+def _take(states: PyTree, fresh: np.ndarray, slots: np.ndarray):
+  """Host arrays of the lanes' states ``[lanes, M, ...]`` and fresh flags (idle slots: fresh)."""
+  safe = np.maximum(slots, 0)
+  taken = jax.tree.map(lambda x: np.asarray(x)[safe], states)
+  return taken, np.where(slots == IDLE, True, fresh[safe])
+
+
+def _initial(program, shared, key, stored, fresh):
+  state = tree_where(fresh, program.state_init(shared), stored)
+  return state, program.init(shared, key, state)
+
+
+def _finish(program, shared, carry, n, multiplier, real, old_state):
+  out, new_state = program.finish(shared, carry, n)
+  weighted, w, nonfinite = weigh(out, multiplier, real)
+  written = real & ~nonfinite & tree_all_finite(new_state)
+  new_state = tree_where(written, new_state, old_state)
+  return out, weighted, w, nonfinite, new_state, written
+
+
+def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, unroll, strategy: Strategy):
+  mesh = engine.mesh
+
+  def zero_aggregate(shared, rng):
+    state = program.state_init(shared)
+    carry = program.init(shared, rng, state)
+    out, _ = program.finish(shared, carry, jnp.zeros((), jnp.float32))
+    return Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+  def client(shared, rng, lane):
+    """One lane holding one client: ``(aggregate, (metrics, new state [1, ...], written [1]), nonfinite)``."""
+    (batch, mask, owner, n, w), stored, fresh = lane
+    key = client_key(rng, owner)
+    state, carry = _initial(program, shared, key, jax.tree.map(lambda x: x[0], stored), fresh[0])
+
+    def body(carry, xs):
+      b, m, s = xs
+      return program.step(shared, carry, b, m, jax.random.fold_in(key, s)), None
+
+    steps = jnp.arange(mask.shape[0], dtype=jnp.int32)
+    carry, _ = jax.lax.scan(body, carry, (batch, mask, steps), unroll=unroll)
+    out, weighted, w, nonfinite, new_state, written = _finish(program, shared, carry, n, w, owner != IDLE, state)
+    agg = Aggregate(weighted, w, nonfinite.astype(jnp.int32))
+    return agg, (out.metrics, jax.tree.map(lambda x: x[None], new_state), written[None]), nonfinite
+
+  def packed_lane(shared, rng, lane):
+    """A lane of packed clients: per-step metrics and nonfinite, per-slot new states."""
+    (batch, mask, owner, start, end, local_step, num_examples, weight), stored, fresh, index = lane
+    pick = functools.partial(jax.tree.map, lambda x: x[0])
+    state, carry = _initial(program, shared, rng, pick(stored), fresh[0])
+    out, _ = program.finish(shared, carry, jnp.zeros((), jnp.float32))
+    zero = Aggregate(jax.tree.map(jnp.zeros_like, out.update), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    written = jnp.zeros(fresh.shape, bool)
+
+    def body(loop, xs):
+      carry, state, acc, new_states, written = loop
+      b, m, o, st, en, ls, n, wm, j = xs
+      key = client_key(rng, o)
+      loaded, init_carry = _initial(program, shared, key, jax.tree.map(lambda x: x[j], stored), fresh[j])
+      carry = tree_where(st, init_carry, carry)
+      state = tree_where(st, loaded, state)
+      carry = program.step(shared, carry, b, m, jax.random.fold_in(key, ls))
+      real = (o != IDLE) & en
+      out, weighted, w, nonfinite, new_state, wrote = _finish(program, shared, carry, n, wm * en, real, state)
+      acc = accumulate(acc, Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
+      new_states = jax.tree.map(lambda s, v: s.at[j].set(jnp.where(real, v, s[j])), new_states, new_state)
+      written = written.at[j].set(jnp.where(real, wrote, written[j]))
+      return (carry, state, acc, new_states, written), (out.metrics, nonfinite)
+
+    xs = (batch, mask, owner, start, end, local_step, num_examples, weight, index)
+    (_, _, acc, new_states, written), (metrics, nonfinite) = jax.lax.scan(
+      body, (carry, state, zero, stored, written), xs
+    )
+    return acc, (metrics, new_states, written), nonfinite
+
+  def lanes(shared, data, rng):
+    lane_fn = functools.partial(packed_lane if packed else client, shared, rng)
+    acc, (metrics, new_states, written), nonfinite = map_lanes(lane_fn, strategy, data, zero_aggregate(shared, rng))
+    return acc, metrics, nonfinite, new_states, written
+
+  def per_shard(shared, data, rng):
+    local, metrics, nonfinite, new_states, written = lanes(shared, data, rng)  # local: the device's sum
+    gathered = jax.lax.all_gather((metrics, nonfinite), CLIENTS, tiled=True)
+    return jax.lax.psum(local, CLIENTS), *gathered, new_states, written
+
+  sharded = jax.shard_map(
+    per_shard,
+    mesh=mesh,
+    in_specs=(P(), P(CLIENTS), P()),
+    out_specs=(P(), P(), P(), P(CLIENTS), P(CLIENTS)),
+    check_vma=False,
+  )
+
+  def step(acc, shared, data, rng):
+    total, metrics, nonfinite, new_states, written = sharded(shared, data, rng)
+    return accumulate(acc, total), metrics, nonfinite, new_states, written
+
+  replicated = NamedSharding(mesh, P())
+  acc = jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), jax.eval_shape(zero_aggregate, shared, rng)
+  )
+  with strategy.trace_context():
+    compiled = jax.jit(step, donate_argnums=(0,)).lower(acc, shared, data, rng).compile()
+  zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
+  engine.stats.compiles += 1
+  return compiled, zeros
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def _fetch_local(x: jax.Array) -> list[tuple[slice, np.ndarray]]:
+  """This process's shards of a lane-sharded output: (lane slice, host array) pairs."""
+  out, seen = [], set()
+  for shard in x.addressable_shards:
+    rows = shard.index[0]
+    key = (rows.start, rows.stop)
+    if key not in seen:
+      seen.add(key)
+      out.append((rows, np.asarray(shard.data)))
+  return out
+
+
+def _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, written):
+  shared, rng = engine.place_replicated((shared, rng))
+  sharding = NamedSharding(engine.mesh, P(CLIENTS))
+  acc, results, outputs = None, [], []
+  for part in cohort.parts:
+    lanes = host_lanes(part, cohort)
+    packed = lanes.start is not None
+    slots_all = _slots(lanes)
+    limit = engine.max_clients_per_chunk
+    if limit is None and jax.default_backend() == "cpu":
+      limit = CPU_LANES_PER_DEVICE * engine.client_multiple
+    first = 0
+    for size in chunk_sizes(part.num_lanes, engine.client_multiple, limit):
+      stop = min(first + size, part.num_lanes)
+      chunk = pad_lanes(slice_lanes(lanes, first, stop), size)
+      slots = _pad(slots_all.slots[first:stop], size, IDLE)
+      index = _pad(slots_all.index[first:stop], size, 0)
+      first = stop
+      stored, is_fresh = _take(states, fresh, slots)
+      batch_and_lanes = _put_lanes(chunk, part.features, sharding)
+      put = functools.partial(put_host, sharding=sharding)
+      data = (batch_and_lanes, jax.tree.map(put, stored), put(is_fresh))
+      if packed:
+        data = data + (put(index),)
+      strategy = _strategy(engine)
+      key = ("state", program, packed, str(strategy), jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
+      cache = _cache(engine)
+      with _LOCK:
+        if key not in cache:
+          unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
+          cache[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll, strategy)
+          engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
+        compiled, zeros = cache[key]
+      acc, metrics, nonfinite, lane_states, lane_written = compiled(zeros() if acc is None else acc, shared, data, rng)
+      results.append((chunk, metrics, nonfinite))
+      outputs.append((slots, lane_states, lane_written))
+      engine.stats.chunks += 1
+      engine.stats.computed_example_steps += chunk.mask.size
+  host = jax.device_get([(m, nf) for _, m, nf in results])
+  for slots, lane_states, lane_written in outputs:
+    leaves, treedef = jax.tree.flatten(lane_states)
+    fetched = [_fetch_local(x) for x in leaves]
+    for (rows, w), *leaf_parts in zip(_fetch_local(lane_written), *fetched):
+      s = slots[rows]
+      ok = (s != IDLE) & w
+      positions = s[ok]
+      written[positions] = True
+      for target, (_, values) in zip(jax.tree.leaves(new_states), leaf_parts):
+        target[positions] = values[ok]
+  return acc, [(chunk, m, nf) for (chunk, _, _), (m, nf) in zip(results, host)]
+
+
+def _pad(x: np.ndarray, size: int, value) -> np.ndarray:
+  return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+
+def _shapes(tree) -> tuple:
+  return tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree))
+
+
+def _contribution(program, shared, batch, mask, n, multiplier, key, stored, fresh):
+  state, carry = _initial(program, shared, key, stored, fresh)
+
+  def body(carry, xs):
+    b, m, s = xs
+    return program.step(shared, carry, b, m, jax.random.fold_in(key, s)), None
+
+  carry, _ = jax.lax.scan(body, carry, (batch, mask, jnp.arange(mask.shape[0], dtype=jnp.int32)))
+  out, weighted, w, nonfinite, new_state, written = _finish(program, shared, carry, n, multiplier, True, state)
+  return weighted, w, nonfinite, out.metrics, new_state, written
+
+
+def _run_per_client(engine, program, shared, cohort, rng, states, fresh, new_states, written, use_jit):
+  if use_jit:
+    key = ("state-loop", program)
+    cache = _cache(engine)
+    with _LOCK:
+      if key not in cache:
+        cache[key] = (jax.jit(functools.partial(_contribution, program)), jax.jit(accumulate, donate_argnums=(0,)))
+      contribution, add = cache[key]
+  else:
+    contribution, add = functools.partial(_contribution, program), accumulate
+  acc, results = None, []
+  with jax.disable_jit(not use_jit):
+    for part in cohort.parts:
+      start, end, _ = part.boundaries()
+      real = part.owner != IDLE
+      first_lane, first_step = np.nonzero(start & real)
+      stop_step = np.nonzero(end & real)[1] + 1
+      metrics, nonfinite, owners = [], [], []
+      for lane, first, stop in zip(first_lane, first_step, stop_step):
+        k = int(part.owner[lane, first])
+        steps = bucket_size(int(stop - first))
+        batch = {name: pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
+        mask = pad_steps(part.mask[lane, first:stop], steps)
+        stored = jax.tree.map(lambda x, k=k: np.asarray(x)[k], states)
+        try:
+          weighted, w, nf, m, new_state, wrote = contribution(
+            shared, batch, mask, cohort.num_examples[k], cohort.weights[k], client_key(rng, k), stored, fresh[k]
+          )
+        except Exception as e:
+          if use_jit:
+            raise
+          raise ClientError(
+            f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: {type(e).__name__}: {e}"
+          ) from e
+        contrib = Aggregate(weighted, w, nf.astype(jnp.int32))
+        acc = contrib if acc is None else add(acc, contrib)
+        if bool(wrote):
+          written[k] = True
+          for target, value in zip(jax.tree.leaves(new_states), jax.tree.leaves(jax.device_get(new_state))):
+            target[k] = value
+        metrics.append(m)
+        nonfinite.append(nf)
+        owners.append(k)
+        engine.stats.computed_example_steps += steps * part.batch_size
+      if owners:
+        metrics, nonfinite = jax.device_get((metrics, nonfinite))
+        results.append(
+          (np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]}, np.array(nonfinite))
+        )
+  return acc, results
+
+
+class StatefulResult(NamedTuple):
+  """What ``run_stateful`` returns.
+
+  Attributes:
+    aggregate: the weighted sums on device (as ``Engine.run``).
+    per_client: per-client metrics in cohort order, plus ``'nonfinite'``.
+    states: the cohort's new states, host arrays ``[clients, ...]`` in cohort order (a client
+      not written keeps the state it came with).
+    written: bool ``[clients]``; True where the client's new state is valid and should be stored
+      (False for clients left out as non-finite, and, in multi-process runs, for clients on
+      another process's devices).
+  """
+
+  aggregate: Aggregate
+  per_client: dict[str, np.ndarray]
+  states: PyTree
+  written: np.ndarray
+
+
+def run_stateful(
+  engine: Engine,
+  program: StatefulProgram,
+  shared: PyTree,
+  cohort: Cohort,
+  rng: PRNGKey,
+  states: PyTree,
+  fresh: np.ndarray,
+) -> StatefulResult:
+  """Runs a stateful program over ``cohort`` on ``engine``'s backend.
+
+  Args:
+    engine: the engine (any backend); compiled programs are cached on it.
+    program: the clients' local work with state.
+    shared: what every client receives.
+    cohort: the round's cohort.
+    rng: the round's key (client k gets ``fold_in(rng, k)``, as in ``Engine.run``).
+    states: host arrays ``[clients, ...]`` in cohort order, matching ``state_spec(program, shared)``
+      (rows of fresh clients are ignored).
+    fresh: bool ``[clients]``; True for a client with no stored state (it starts from
+      ``program.state_init(shared)``).
+
+  Returns:
+    ``StatefulResult(aggregate, per_client, states, written)``.
+  """
+  if cohort.num_clients == 0:
+    raise ValueError("the cohort has no clients")
+  check_states(state_spec(program, shared), states, cohort.num_clients)
+  fresh = np.asarray(fresh, bool)
+  if fresh.shape != (cohort.num_clients,):
+    raise StateError(f"fresh must be bool [{cohort.num_clients}], got shape {fresh.shape}")
+  new_states = jax.tree.map(lambda x: np.array(x, copy=True), states)
+  written = np.zeros(cohort.num_clients, bool)
+  if engine.backend == "vmap":
+    aggregate, results = _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, written)
+  else:
+    use_jit = engine.backend == "loop"
+    aggregate, results = _run_per_client(
+      engine, program, shared, cohort, rng, states, fresh, new_states, written, use_jit
+    )
+  engine.stats.real_example_steps += cohort.real_example_steps
+  return StatefulResult(aggregate, per_client(cohort, results), new_states, written)
+
+
+def stack_states(spec: PyTree, num_clients: int) -> PyTree:
+  """Zeros ``[num_clients, ...]`` shaped like ``spec`` (the host buffer of an all-fresh cohort)."""
+  return jax.tree.map(lambda s: np.zeros((num_clients,) + tuple(s.shape), s.dtype), spec)
+
+
+__all__ = [
+  "StateError",
+  "StatefulProgram",
+  "StatefulResult",
+  "check_states",
+  "run_stateful",
+  "stack_states",
+  "state_spec",
+]

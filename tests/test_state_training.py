@@ -1,0 +1,152 @@
+"""Stateful algorithms in the training loop: the configs' smoke runs, resume, bad input."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from fedjaxscale.training import ConfigError, train_and_evaluate
+from fedjaxscale.training.outputs import read_metrics
+from tests.test_training import load_config, without_wall
+
+
+@pytest.fixture(scope="module")
+def scaffold_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("scaffold")
+  config = load_config("scaffold", "scaffold,small", checkpoint_every=1)
+  summary = train_and_evaluate(config, workdir, show_progress=False)
+  return config, workdir, summary
+
+
+def test_scaffold_small_runs_and_stores_states(scaffold_run):
+  config, workdir, summary = scaffold_run
+  records = read_metrics(workdir)
+  assert [r["round"] for r in records] == [1, 2, 3, 4]
+  assert all(np.isfinite(r["train_loss"]) for r in records)
+  stored = [r["states_stored"] for r in records]
+  assert stored == sorted(stored) and stored[0] >= config.clients_per_round and stored[-1] > stored[0]
+  assert list((workdir / "client_states" / "checkpoints").glob("chunk-*.bin"))
+
+
+def test_scaffold_resume_equals_uninterrupted(scaffold_run, tmp_path):
+  config, full_dir, _ = scaffold_run
+  train_and_evaluate(
+    load_config("scaffold", "scaffold,small", checkpoint_every=1, rounds=2), tmp_path, show_progress=False
+  )
+  train_and_evaluate(config, tmp_path, resume=True, show_progress=False)
+  assert without_wall(read_metrics(tmp_path)) == without_wall(read_metrics(full_dir))
+  a, b = restored_store(config, tmp_path), restored_store(config, full_dir)
+  assert not a[1][1].all()  # some clients hold a state
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_resume_with_another_state_config_is_refused(scaffold_run, tmp_path):
+  config, _, _ = scaffold_run
+  train_and_evaluate(
+    load_config("scaffold", "scaffold,small", rounds=2, checkpoint_every=1), tmp_path, show_progress=False
+  )
+  other = load_config("scaffold", "scaffold,small", checkpoint_every=1)
+  other.state.storage_dtype = "bfloat16"
+  with pytest.raises(ConfigError, match=r"--resume: .*another config: leaf .*kept as float32.*kept as bfloat16"):
+    train_and_evaluate(other, tmp_path, resume=True, show_progress=False)
+
+
+def test_ditto_small_runs(tmp_path):
+  summary = train_and_evaluate(load_config("ditto", "default,small"), tmp_path, show_progress=False)
+  records = read_metrics(tmp_path)
+  assert len(records) == 4 and all(np.isfinite(r["train_loss"]) for r in records)
+  personal = [r["eval_personal"] for r in records if "eval_personal" in r]
+  assert len(personal) == 2 and all(0 <= p["accuracy"] <= 1 and "client_accuracy_p10" in p for p in personal)
+  assert (tmp_path / "plots" / "accuracy_vs_round.png").exists()
+  assert summary
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    ({"state.budget_mb": 0.001}, r"config\.state\.budget_mb: .*clients x 2,\d+ state bytes.*over the budget"),
+    ({"state.backing": "disk"}, r"state\.backing"),
+    ({"system.mode": "async"}, r"system\.mode.*synchronous rounds only"),
+  ],
+)
+def test_bad_state_config_is_refused_before_anything_is_written(tmp_path, overrides, message):
+  config = load_config("scaffold", "scaffold,small", **overrides)
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match=message):
+    train_and_evaluate(config, workdir, show_progress=False)
+  assert not workdir.exists()
+
+
+def restored_store(config, workdir):
+  """The server state and every client's stored state in ``workdir``'s newest checkpoint."""
+  from fedjaxscale.state import ClientStateStore, restore_chunks
+  from fedjaxscale.training import client_states
+  from fedjaxscale.training.checkpoint import Checkpointer
+  from fedjaxscale.training.setup import build
+
+  parts = build(config, workdir)
+  like = parts.algorithm.init(parts.model.init(jax.random.key(0)))
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  server, host = ckpt.restore(ckpt.latest_round(), like)
+  ckpt.close()
+  store = ClientStateStore(client_states.layout_of(config, parts.algorithm, parts.model), parts.train.num_clients)
+  restore_chunks(store, host["client_states"], pathlib.Path(workdir) / "client_states" / "checkpoints")
+  return jax.device_get(server), store.gather(np.arange(parts.train.num_clients))
+
+
+def test_killed_scaffold_run_resumes_bit_for_bit(tmp_path):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  from tests.test_training import CONFIGS
+
+  rounds = 8
+  args = [
+    "--config",
+    f"{CONFIGS / 'scaffold.py'}:scaffold,small",
+    f"--config.rounds={rounds}",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=0",
+    "--noprogress",
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    metrics = killed / "metrics.jsonl"
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists(), "killed too late to test anything"
+  resumed = subprocess.run(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=400,
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  config = load_config("scaffold", "scaffold,small", rounds=rounds, checkpoint_every=1, eval_every=0)
+  straight = tmp_path / "straight"
+  train_and_evaluate(config, straight, show_progress=False)
+  assert without_wall(read_metrics(killed)) == without_wall(read_metrics(straight))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+    restored_store(config, killed),
+    restored_store(config, straight),
+  )
