@@ -183,6 +183,8 @@ def private_aggregation(
       weight = jnp.where(finite, (weight > 0).astype(jnp.float32), jnp.nan)  # the engine drops NaN weights
       delta = secagg_lib.encode(sa, jax.tree.map(lambda x: jnp.where(finite, x, 0.0), delta))
       unclipped = unclipped.astype(jnp.int32)
+    if not (dp or sa is not None):  # an encoder alone: the upload is the plain (decoded) update
+      return ClientOutput(delta, weight, metrics)
     return ClientOutput(PrivateUpdate(delta, unclipped), weight, metrics)
 
   program = ClientProgram(init_client, step, finish)
@@ -195,7 +197,10 @@ def private_aggregation(
   @jax.jit
   def server_update(state: ServerState, aggregate: Aggregate) -> ServerState:
     opt = state.opt_state
-    update_sum, count = aggregate.update_sum.delta, aggregate.update_sum.unclipped
+    if dp or sa is not None:
+      update_sum, count = aggregate.update_sum.delta, aggregate.update_sum.unclipped
+    else:
+      update_sum, count = aggregate.update_sum, None
     if sa is not None:
       update_sum = secagg_lib.decode(sa, update_sum)
       count = count.astype(jnp.float32)

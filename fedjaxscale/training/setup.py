@@ -404,7 +404,9 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
       except ValueError as e:
         raise ConfigError(f"config.privacy.count_noise: {e}") from None
     kwargs = dict(clip_norm=pv.clip_norm, noise_multiplier=z, expected_clients=expected, adaptive=adaptive)
-    ledger = privacy_lib.RunPrivacy(z, pv.delta, pv.accountant, poisson, s.sampling_rate if poisson else 0.0, num_clients)
+    ledger = privacy_lib.RunPrivacy(
+      z, pv.delta, pv.accountant, poisson, s.sampling_rate if poisson else 0.0, num_clients
+    )
   sec = None
   if sa.enabled:
     sec = secagg.secagg(sa.bits, sa.range or pv.clip_norm * expected)
