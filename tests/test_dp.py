@@ -121,3 +121,21 @@ def test_bad_arguments():
     dp.private_aggregation(alg, clip_norm=1.0)
   with pytest.raises(ValueError, match="clip_norm"):
     dp.private_aggregation(alg, noise_multiplier=1.0)
+
+
+def test_second_round_does_not_recompile():
+  model = models.logistic_regression(FEATURES, CLASSES)
+  alg = dp.private_aggregation(
+    algorithms.fedavg(model, optax.sgd(0.1)),
+    clip_norm=0.1,
+    noise_multiplier=1.0,
+    expected_clients=3,
+    adaptive=dp.AdaptiveClipping(count_noise=2.0),
+  )
+  cohort = make_cohort(tiny_clients(), BATCH, local_epochs=1, shuffle=False)
+  state = alg.init(model.init(jax.random.key(0)))
+  for r in range(2):  # (the server update compiles twice, as the wrapped algorithm's does: placement)
+    state, _ = alg.apply(state, cohort, jax.random.key(r))
+  compiles, cache = alg.engine.stats.compiles, alg.server_update._cache_size()
+  state, _ = alg.apply(state, cohort, jax.random.key(2))
+  assert alg.engine.stats.compiles == compiles and alg.server_update._cache_size() == cache
