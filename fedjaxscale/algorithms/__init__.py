@@ -10,6 +10,8 @@ Example::
 """
 
 from fedjaxscale.algorithms.base import Algorithm, ServerState, Shared, build_algorithm
+from fedjaxscale.algorithms.dp import AdaptiveClipping, private_aggregation
+from fedjaxscale.algorithms.encoders import UpdateEncoder
 from fedjaxscale.algorithms.fedadagrad import fedadagrad
 from fedjaxscale.algorithms.fedadam import fedadam
 from fedjaxscale.algorithms.fedavg import fedavg, local_training
@@ -18,9 +20,11 @@ from fedjaxscale.algorithms.fedprox import fedprox
 from fedjaxscale.algorithms.fedyogi import fedyogi
 
 __all__ = [
+  "AdaptiveClipping",
   "Algorithm",
   "ServerState",
   "Shared",
+  "UpdateEncoder",
   "build_algorithm",
   "fedadagrad",
   "fedadam",
@@ -30,5 +34,6 @@ __all__ = [
   "fedprox",
   "fedyogi",
   "local_training",
+  "private_aggregation",
   "scale_by_fedopt",
 ]

@@ -1,6 +1,6 @@
 """The host-side round scheduler (NumPy only: no JAX).
 
-A simulated clock, selection policies (uniform among online clients, Oort),
+A simulated clock, selection policies (uniform among online clients, Oort, Poisson),
 the synchronous planner (over-commitment, deadlines, drop-outs) and the
 asynchronous FedBuff planner. Plans are plain NumPy arrays; planner state
 round-trips exactly through ``state_dict()`` / ``load_state_dict()``.
@@ -10,6 +10,7 @@ from fedjaxscale.scheduler.clock import Clock
 from fedjaxscale.scheduler.fedbuff import AsyncConfig, AsyncPlanner
 from fedjaxscale.scheduler.oort import OortSelection
 from fedjaxscale.scheduler.plans import AsyncPlan, Status, SyncPlan
+from fedjaxscale.scheduler.poisson import PoissonSelection
 from fedjaxscale.scheduler.rng import make_rng, rng_from_state_dict, rng_state_dict
 from fedjaxscale.scheduler.selection import SelectionPolicy, UniformSelection, sample_online
 from fedjaxscale.scheduler.sync import SyncConfig, SyncPlanner
@@ -20,6 +21,7 @@ __all__ = [
   "AsyncPlanner",
   "Clock",
   "OortSelection",
+  "PoissonSelection",
   "SelectionPolicy",
   "Status",
   "SyncConfig",

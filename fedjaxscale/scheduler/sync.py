@@ -116,8 +116,9 @@ class SyncPlanner:
     av = self.traces.availability
     t = self.clock.now
     clients = self.policy.select(self.rng, av, t, cfg.num_selected, self.round)
+    takes_all = getattr(self.policy, "takes_all", False)  # Poisson: every sampled client counts
     tries = 0
-    while clients.size == 0:
+    while clients.size == 0 and not takes_all:
       t_next = av.next_online_time(t)
       if not math.isfinite(t_next):
         raise RuntimeError("no client is ever online in these traces")
@@ -141,12 +142,12 @@ class SyncPlanner:
       completes = av.is_online(clients, finish)
       drop_time = np.where(completes, np.inf, finish)
 
-    k = cfg.clients_per_round
+    k = clients.size if takes_all else cfg.clients_per_round
     done = np.flatnonzero(completes)
     done = done[np.argsort(finish[done], kind="stable")]
     if cfg.deadline_s is None:
       agg = done[:k]
-      end = float(finish[agg[-1]]) if agg.size else float(drop_time.max())
+      end = float(finish[agg[-1]]) if agg.size else float(drop_time.max(initial=t))
     else:
       end = t + cfg.deadline_s
       agg = done[finish[done] <= end]

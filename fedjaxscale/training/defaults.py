@@ -60,15 +60,39 @@ def get_base() -> ml_collections.ConfigDict:
   c.system.always_online = False  # keep the traces' speeds but make every client available all the time
   c.system.mapping = "modulo"  # population member i -> trace entry: 'modulo', 'fedscale' or 'identity'
   c.system.mode = "sync"  # 'sync' or 'async' (FedBuff)
-  c.system.selection = "random"  # 'random' among online clients, or 'oort'
+  c.system.selection = "random"  # 'random' among online clients, 'oort', or 'poisson' (see sampling_rate)
+  c.system.sampling_rate = 0.0  # poisson: q, each online client joins a round with this probability, in (0, 1]
   c.system.overcommit = 1.3  # sync: select ceil(overcommit * K) clients
   c.system.deadline_s = 0.0  # sync: aggregate whoever finishes by this many seconds (0: the first K)
   c.system.availability_mode = "window"  # 'window' (online throughout) or 'endpoints' (FedScale's)
   c.system.stragglers = "drop"  # 'drop' late clients, or keep their 'partial' work (FedProx)
   c.system.backward_factor = 3.0  # compute time = samples x ms/sample x this
-  c.system.compression = 1.0  # upload size = model size x this
+  c.system.compression = 1.0  # upload size = model size x this (a bare ratio; compression.encoder simulates one)
   c.system.max_concurrency = 100  # async: clients in flight
   c.system.max_staleness = 5  # async: discard updates staler than this
+
+  c.privacy = ml_collections.ConfigDict()  # DP-FedAvg (McMahan et al. 2018), user level; sync rounds only
+  c.privacy.enabled = False  # clip each client's update, add Gaussian noise, divide by the expected cohort
+  c.privacy.clip_norm = 1.0  # C: L2 bound of a client's update (the initial one with adaptive clipping)
+  c.privacy.noise_multiplier = 1.0  # z: the noise on the update sum has std z * C
+  c.privacy.target_epsilon = 0.0  # > 0: z is computed from this, delta, rounds and the sampling rate
+  c.privacy.delta = 1e-5  # epsilon is reported at this delta, in (0, 1)
+  c.privacy.accountant = "rdp"  # dp-accounting's 'rdp' or 'pld' (Poisson sampling only)
+  c.privacy.adaptive_quantile = 0.0  # > 0: adapt C towards this quantile of update norms (Andrew et al.)
+  c.privacy.adaptive_lr = 0.2  # adaptive clipping: eta_C of the geometric update
+  c.privacy.count_noise = 0.0  # adaptive clipping: std of the noise on the unclipped count (0: cohort / 20)
+
+  c.compression = ml_collections.ConfigDict()  # what a client uploads (applied on device, sized for the scheduler)
+  c.compression.encoder = "none"  # 'none' (float32), 'quantize' (stochastic, bits) or 'topk'
+  c.compression.bits = 8  # quantize: bits per number, 1..32 (32: float32)
+  c.compression.rotate = False  # quantize: random Hadamard rotation first (Suresh et al. 2017)
+  c.compression.topk = 0  # topk: entries kept, 1..the update's size
+  c.compression.error_feedback = False  # topk: not available (needs a client state store)
+
+  c.secagg = ml_collections.ConfigDict()  # secure aggregation, simulated: fixed-point modular sums
+  c.secagg.enabled = False  # encode updates as integers mod 2**bits and sum them modularly
+  c.secagg.bits = 20  # integer width, 2..32; the upload is this many bits a number
+  c.secagg.range = 0.0  # sums are representable in [-range, range) (0: clip_norm x expected cohort, with DP)
 
   c.eval_every = 5  # evaluate on the test clients every this many rounds (0: never)
   c.eval_batch_size = 1024  # examples per evaluation batch

@@ -158,6 +158,8 @@ class _Run:
     self.shapes = plan_shapes(
       parts.full_steps, sizes, max_clients=most, lane_multiple=self.engine.client_multiple, seed=config.seed
     )
+    self.privacy = parts.privacy  # the DP ledger (None without DP)
+    self.up_bytes = math.ceil(parts.upload_bits / 8) if parts.upload_bits else model_bytes(parts.num_params)
     if resume:
       self._restore()
     self.lead = lead = is_lead()  # in multi-process runs only process 0 writes files
@@ -212,6 +214,9 @@ class _Run:
         records, target_accuracy=config.target_accuracy or None, wall_s=wall, clients_trained=self.clients_trained
       )
       summary["engine"] = self._engine_report()
+      summary["upload_bits_per_client"] = int(self.up_bytes * 8)
+      if self.privacy is not None:
+        summary["privacy"] = self.privacy.summary()
       self.writer.write_summary(summary)
       if self.lead:
         (self.workdir / "engine.json").write_text(json.dumps(summary["engine"], indent=2) + "\n")
@@ -245,7 +250,7 @@ class _Run:
       "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
       "dropped": int(np.sum(plan.status == Status.DROPPED)),
       "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-      "bytes_up": model_bytes(p.num_params) * int(len(members)),
+      "bytes_up": self.up_bytes * int(len(members)),
       "trained": int(len(members)),
     }
     if plan.short:
@@ -269,9 +274,15 @@ class _Run:
       if "states_stored" in diagnostics:  # stateful algorithms: clients holding a state so far
         record["states_stored"] = diagnostics["states_stored"]
       self.clients_trained += len(members)
+      for key in ("clip_norm", "clipped_fraction", "noise_std"):
+        if key in diagnostics:
+          record[key] = diagnostics[key]
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
       p.planner.report(plan, np.zeros(0))
+    if self.privacy is not None:  # every round is a release (an empty one too), accounted as the run sampled it
+      pool = 0 if self.privacy.poisson else int(p.traces.availability.online_mask(plan.start_time).sum())
+      record["epsilon"] = self.privacy.record_round(pool, plan.clients, members)
     ended = np.minimum(plan.finish, plan.drop_time)  # the upload's end, or when the client went offline
     self.writer.write_timeline(
       self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
@@ -338,7 +349,7 @@ class _Run:
       "dropped": int(np.sum(plan.status == Status.DROPPED)),
       "discarded": int(np.sum(plan.status == Status.DISCARDED)),
       "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-      "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
+      "bytes_up": self.up_bytes * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
       "trained": int(accepted.sum()),
       "train_loss": float(sum(train_loss) / max(trained, 1.0)),
     }
@@ -408,6 +419,8 @@ class _Run:
     }
     if self.client_states is not None:  # the changed chunks are written now; the index goes with the checkpoint
       host["client_states"] = self.client_states.save(self.round)
+    if self.privacy is not None:
+      host["privacy"] = self.privacy.state_dict()
     self.checkpointer.save(self.round, self.state, host)
 
   def _restore(self) -> None:
@@ -419,6 +432,8 @@ class _Run:
     self.wall_before = float(host["wall_s"])
     self.clients_trained = int(host["clients_trained"])
     self.p.planner.load_state_dict(host["planner"])
+    if self.privacy is not None:
+      self.privacy.load_state_dict(host["privacy"])
     self.engine.lane_shapes.update(tuple(int(v) for v in row) for row in host["lane_shapes"])
     if self.client_states is not None:
       if "client_states" not in host:

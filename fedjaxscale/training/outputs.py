@@ -11,7 +11,11 @@ The workdir layout (the contract; readers ignore keys and files they do not know
   - ``wall_s``: wall seconds since the run started.
   - ``selected``, ``aggregated``, ``stragglers``, ``dropped``: client counts.
   - ``train_loss``: mean training loss of the aggregated clients.
-  - ``bytes_down``, ``bytes_up``: bytes sent to and received from clients.
+  - ``bytes_down``, ``bytes_up``: bytes sent to and received from clients (``bytes_up`` counts the
+    encoder's exact upload size when ``compression.encoder`` is set).
+  - DP runs (``privacy.enabled``): ``epsilon`` (at ``privacy.delta``, after this round),
+    ``clipped_fraction`` (of the aggregated clients), ``clip_norm`` (C used this round) and
+    ``noise_std`` (std of the noise on the averaged update); TensorBoard ``Privacy/*``.
   - ``eval`` (only on rounds that evaluated): ``{accuracy, loss, client_accuracy_p10,
     client_accuracy_p50, client_accuracy_p90, ...}``: example-weighted accuracy and loss over
     the test clients, and percentiles of the per-client accuracy (FedScale's fairness view).
@@ -36,7 +40,9 @@ The workdir layout (the contract; readers ignore keys and files they do not know
   ``Train/client_duration`` (the round's client durations in simulated seconds), step = round.
 - ``summary.json``: written at the end (`summarize`): rounds, simulated hours, wall seconds,
   clients trained per wall second, best and final accuracy, and the simulated hours and round
-  at which the target accuracy was first reached (``null`` if it was not).
+  at which the target accuracy was first reached (``null`` if it was not); DP runs add
+  ``final_epsilon`` and a ``privacy`` block (epsilon, delta, accountant, sampling, the realized
+  per-client participation rates and ``guarantee``: what the epsilon is, and under which assumption).
 - ``plots/``: PNGs (`fedjaxscale.training.plots.make_plots`).
 
 Crash safety and resume: every round's metrics line, timeline rows and TensorBoard events are
@@ -79,6 +85,13 @@ METRICS = "metrics.jsonl"
 TIMELINE = "timeline.csv"
 AVAILABILITY = "availability.csv"
 SUMMARY = "summary.json"
+# DP runs: TensorBoard tags of the per-round privacy metrics (step = round).
+PRIVACY_SCALARS = (
+  ("Privacy/epsilon", "epsilon"),
+  ("Privacy/clipped_fraction", "clipped_fraction"),
+  ("Privacy/clip_norm", "clip_norm"),
+  ("Privacy/noise_std", "noise_std"),
+)
 TENSORBOARD = "tensorboard"
 PLOTS = "plots"
 
@@ -268,6 +281,9 @@ class RunWriter:
       d = d[np.isfinite(d)]
       if d.size:
         emit(tbsummary.histogram(CLIENT_DURATION, d, bins="auto", max_bins=64), r)
+    for tag, key in PRIVACY_SCALARS:
+      if record.get(key) is not None:
+        emit(tbsummary.scalar(tag, float(record[key])), r)
     ev = record.get("eval")
     if isinstance(ev, dict):
       if ev.get("loss") is not None:
@@ -403,6 +419,7 @@ def summarize(
     "time_to_target_round": reached["round"] if reached else None,
     "bytes_down": int(sum(r.get("bytes_down") or 0 for r in records)),
     "bytes_up": int(sum(r.get("bytes_up") or 0 for r in records)),
+    **({"final_epsilon": last["epsilon"]} if "epsilon" in last else {}),
   }
 
 

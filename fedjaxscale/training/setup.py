@@ -8,6 +8,7 @@ into exit code 2.
 
 import dataclasses
 import inspect
+import math
 import os
 import pathlib
 import re
@@ -18,9 +19,10 @@ import numpy as np
 import optax
 
 from fedjaxscale import algorithms, models
+from fedjaxscale.algorithms import dp, encoders, secagg
 from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
 from fedjaxscale.engine import Engine
-from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, SyncConfig, SyncPlanner
+from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, PoissonSelection, SyncConfig, SyncPlanner
 from fedjaxscale.state import StoreTooLarge
 from fedjaxscale.systems import (
   Availability,
@@ -32,6 +34,7 @@ from fedjaxscale.systems import (
   model_bits,
 )
 from fedjaxscale.training import client_states
+from fedjaxscale.training import privacy as privacy_lib
 from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -66,6 +69,8 @@ class RunParts:
   latency: LatencyModel
   full_steps: np.ndarray  # per-client local steps of a full round of work
   num_params: int
+  upload_bits: int = 0  # bits a client uploads (the encoder's exact size); 0: float32 model x system.compression
+  privacy: privacy_lib.RunPrivacy | None = None  # the DP ledger, when config.privacy.enabled
 
 
 def _require(ok: bool, field: str, message: str):
@@ -132,7 +137,12 @@ def check_config(config) -> None:
     )
   s = config.system
   _require(s.mode in ("sync", "async"), "system.mode", f"must be 'sync' or 'async', got {s.mode!r}")
-  _require(s.selection in ("random", "oort"), "system.selection", f"must be 'random' or 'oort', got {s.selection!r}")
+  _require(
+    s.selection in ("random", "oort", "poisson"),
+    "system.selection",
+    f"must be 'random', 'oort' or 'poisson', got {s.selection!r}",
+  )
+  _check_privacy(config)
   _require(
     s.stragglers in ("drop", "partial"), "system.stragglers", f"must be 'drop' or 'partial', got {s.stragglers!r}"
   )
@@ -153,6 +163,81 @@ def check_config(config) -> None:
     "optionally followed by '+patches' or '+lax'",
   )
   client_states.check_config(config, _require)
+
+
+def _check_privacy(config) -> None:
+  """The DP, compression and secure-aggregation fields (issue 12)."""
+  s, pv, cp, sa = config.system, config.privacy, config.compression, config.secagg
+  if s.selection == "poisson":
+    _require(
+      0 < s.sampling_rate <= 1,
+      "system.sampling_rate",
+      f"must be in (0, 1] for Poisson selection, got {s.sampling_rate}",
+    )
+    _require(s.mode == "sync", "system.selection", "'poisson' selection is for synchronous rounds (system.mode='sync')")
+  if pv.enabled:
+    _require(pv.clip_norm > 0, "privacy.clip_norm", f"must be > 0, got {pv.clip_norm}")
+    _require(pv.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be >= 0, got {pv.noise_multiplier}")
+    _require(0 < pv.delta < 1, "privacy.delta", f"must be in (0, 1), got {pv.delta}")
+    _require(
+      pv.target_epsilon >= 0,
+      "privacy.target_epsilon",
+      f"must be >= 0 (0: use noise_multiplier), got {pv.target_epsilon}",
+    )
+    _require(
+      pv.accountant in privacy_lib.ACCOUNTANTS,
+      "privacy.accountant",
+      f"must be one of {privacy_lib.ACCOUNTANTS}, got {pv.accountant!r}",
+    )
+    _require(
+      0 <= pv.adaptive_quantile < 1,
+      "privacy.adaptive_quantile",
+      f"must be in [0, 1) (0: fixed C), got {pv.adaptive_quantile}",
+    )
+    _require(pv.adaptive_lr > 0, "privacy.adaptive_lr", f"must be > 0, got {pv.adaptive_lr}")
+    _require(pv.count_noise >= 0, "privacy.count_noise", f"must be >= 0, got {pv.count_noise}")
+    _require(s.mode == "sync", "privacy.enabled", "DP is accounted for synchronous rounds only (system.mode='sync')")
+    _require(
+      s.selection in ("random", "poisson"),
+      "privacy.enabled",
+      f"system.selection={s.selection!r} chooses clients from their training losses, which no accountant covers; "
+      "use 'poisson' or 'random'",
+    )
+    _require(
+      pv.accountant == "rdp" or s.selection == "poisson",
+      "privacy.accountant",
+      "'pld' accounts Poisson sampling only; use 'rdp' with system.selection='random'",
+    )
+    _require(s.stragglers == "drop", "system.stragglers", "DP needs 'drop': partial updates are not what was sampled")
+  _require(
+    cp.encoder in ("none", "quantize", "topk"),
+    "compression.encoder",
+    f"must be 'none', 'quantize' or 'topk', got {cp.encoder!r}",
+  )
+  if cp.encoder == "quantize":
+    _require(
+      int(cp.bits) == cp.bits and 1 <= cp.bits <= 32, "compression.bits", f"must be an integer in 1..32, got {cp.bits}"
+    )
+  if cp.encoder == "topk":
+    _require(int(cp.topk) == cp.topk and cp.topk >= 1, "compression.topk", f"must be an integer >= 1, got {cp.topk}")
+    _require(
+      not cp.error_feedback,
+      "compression.error_feedback",
+      "is not available: top-k error feedback needs a per-client state store, which has not landed",
+    )
+  if cp.encoder != "none":
+    _require(
+      s.compression == 1.0,
+      "system.compression",
+      "set 1.0 when compression.encoder is set (the encoder sizes the upload)",
+    )
+  if sa.enabled:
+    _require(
+      int(sa.bits) == sa.bits and 2 <= sa.bits <= 32, "secagg.bits", f"must be an integer in 2..32, got {sa.bits}"
+    )
+    _require(sa.range >= 0, "secagg.range", f"must be >= 0, got {sa.range}")
+    _require(sa.range > 0 or pv.enabled, "secagg.range", "must be > 0 without DP (with DP, 0 means clip_norm x cohort)")
+    _require(s.mode == "sync", "secagg.enabled", "simulated for synchronous rounds only (system.mode='sync')")
 
 
 def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
@@ -295,6 +380,7 @@ def build(config, workdir: pathlib.Path) -> RunParts:
     raise ConfigError(f"config.system.traces: {e}") from e
   local = config.local
   bits = model_bits(num_params, "float32")
+  algorithm, ledger, up_bits = _wrap_private(config, algorithm, train.num_clients, num_params)
   if local.local_steps > 0:
     latency = LatencyModel(
       bits,
@@ -302,11 +388,12 @@ def build(config, workdir: pathlib.Path) -> RunParts:
       batch_size=local.batch_size,
       backward_factor=s.backward_factor,
       compression=s.compression,
+      update_bits=up_bits,
     )
     full_steps = steps_for(train.client_sizes, local.batch_size, local_steps=local.local_steps)
   else:
     latency = LatencyModel(
-      bits, epochs=local.local_epochs, backward_factor=s.backward_factor, compression=s.compression
+      bits, epochs=local.local_epochs, backward_factor=s.backward_factor, compression=s.compression, update_bits=up_bits
     )
     full_steps = steps_for(train.client_sizes, local.batch_size, local_epochs=local.local_epochs)
   sizes = np.asarray(train.client_sizes)
@@ -314,11 +401,61 @@ def build(config, workdir: pathlib.Path) -> RunParts:
   if s.selection == "oort":
     expected = latency.latency(traces, np.arange(train.num_clients), sizes).total
     policy = OortSelection(sizes, expected)
+  elif s.selection == "poisson":
+    policy = PoissonSelection(s.sampling_rate)
   try:
     planner = _planner(config, traces, latency, sizes, policy)
   except ValueError as e:  # the scheduler names its own bad settings
     raise ConfigError(f"config.system: {e}") from e
-  return RunParts(train, test, model, algorithm, engine, planner, traces, latency, full_steps, num_params)
+  upload_bits = up_bits if up_bits is not None else math.ceil(bits * s.compression)
+  return RunParts(
+    train, test, model, algorithm, engine, planner, traces, latency, full_steps, num_params, upload_bits, ledger
+  )
+
+
+def _wrap_private(config, algorithm, num_clients: int, num_params: int):
+  """Wraps the algorithm with DP / an encoder / SecAgg as configured (``algorithms.dp``).
+
+  Returns ``(algorithm, privacy ledger or None, upload bits or None for the float32 default)``.
+  """
+  s, pv, cp, sa = config.system, config.privacy, config.compression, config.secagg
+  encoder, up_bits = None, None
+  if cp.encoder != "none":
+    encoder = encoders.from_config(cp.encoder, bits=cp.bits, rotate=cp.rotate, k=cp.topk)
+    try:
+      up_bits = encoder.num_bits(num_params)
+    except ValueError as e:  # top-k larger than the update
+      raise ConfigError(f"config.compression.topk: {e}") from None
+  if not (pv.enabled or encoder is not None or sa.enabled):
+    return algorithm, None, None
+  poisson = s.selection == "poisson"
+  selected = SyncConfig(config.clients_per_round, overcommit=s.overcommit).num_selected
+  rate = s.sampling_rate if poisson else min(selected / num_clients, 1.0)
+  expected = dp.expected_cohort(s.selection, config.clients_per_round, num_clients, s.sampling_rate)
+  ledger, kwargs = None, {}
+  if pv.enabled:
+    z = pv.noise_multiplier
+    if pv.target_epsilon > 0:
+      z = privacy_lib.noise_for_epsilon(
+        pv.target_epsilon, pv.delta, config.rounds, rate, pv.accountant, poisson=poisson, population=num_clients
+      )
+    adaptive = None
+    if pv.adaptive_quantile > 0:
+      adaptive = dp.AdaptiveClipping(pv.adaptive_quantile, pv.adaptive_lr, pv.count_noise or expected / 20.0)
+      try:
+        dp.update_noise_multiplier(z, adaptive)
+      except ValueError as e:
+        raise ConfigError(f"config.privacy.count_noise: {e}") from None
+    kwargs = dict(clip_norm=pv.clip_norm, noise_multiplier=z, expected_clients=expected, adaptive=adaptive)
+    ledger = privacy_lib.RunPrivacy(
+      z, pv.delta, pv.accountant, poisson, s.sampling_rate if poisson else 0.0, num_clients
+    )
+  sec = None
+  if sa.enabled:
+    sec = secagg.secagg(sa.bits, sa.range or pv.clip_norm * expected)
+    up_bits = int(sa.bits) * num_params  # modular sums need the dense vector: the encoder's savings are lost
+  wrapped = dp.private_aggregation(algorithm, encoder=encoder, secure_aggregation=sec, seed=config.seed, **kwargs)
+  return wrapped, ledger, up_bits
 
 
 def _always_online(traces):

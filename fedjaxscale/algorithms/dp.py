@@ -1,0 +1,268 @@
+"""Private and compressed aggregation that wraps any algorithm: DP-FedAvg, encoders, SecAgg.
+
+Learning Differentially Private Recurrent Language Models. H. Brendan McMahan, Daniel Ramage,
+Kunal Talwar, Li Zhang. ICLR 2018. arXiv:1710.06963. (DP-FedAvg, user-level.)
+Differentially Private Learning with Adaptive Clipping. Galen Andrew, Om Thakkar, H. Brendan
+McMahan, Swaroop Ramaswamy. NeurIPS 2021. arXiv:1905.03871.
+
+``private_aggregation(algorithm, ...)`` takes any ``Algorithm`` built by ``build_algorithm``
+(fedavg, fedprox, fedyogi, fedadam, fedadagrad) and returns one whose clients, on device and
+per client, before weighting:
+
+    Delta_k <- Delta_k * min(1, C / ||Delta_k||)       (clip; w_k <- 1 if the client trained)
+    Delta_k <- decode(encode(Delta_k))                  (optional encoder; rescaled to <= C)
+    Delta_k <- fixed_point(Delta_k) mod 2**bits         (optional secure aggregation)
+
+and whose server, on device, forms
+
+    Delta = (sum_k Delta_k + N(0, (z C)^2 I)) / E[cohort size]     (fixed denominator)
+
+with the noise drawn from ``fold_in(noise_key, round)`` (so a resumed run draws the same
+noise), then takes the wrapped algorithm's own server-optimizer step with ``Delta``. With
+adaptive clipping each client also reports ``b_k = [||Delta_k|| <= C]`` and the server updates
+
+    b = (sum_k b_k + N(0, sigma_b^2)) / E[cohort size],   C <- C exp(-eta_C (b - gamma))
+
+splitting the noise so the round is still a Gaussian mechanism of multiplier z: the update's
+multiplier is ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` (Andrew et al., Theorem 1).
+
+Without ``clip_norm`` (no DP), an encoder and/or secure aggregation alone wrap the clients'
+updates, and the server keeps the usual weighted mean.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjaxscale.algorithms import secagg as secagg_lib
+from fedjaxscale.algorithms.base import Algorithm, ServerState
+from fedjaxscale.algorithms.encoders import UpdateEncoder, apply_encoder
+from fedjaxscale.core.cohort import Cohort
+from fedjaxscale.core.tree import tree_all_finite, tree_sq_norm
+from fedjaxscale.core.types import PRNGKey
+from fedjaxscale.engine.executor import Aggregate, ClientOutput, ClientProgram
+
+
+class AdaptiveClipping(NamedTuple):
+  """Andrew et al.'s geometric update of the clipping norm towards a quantile.
+
+  Attributes:
+    target_quantile: gamma, the fraction of clients that should be unclipped.
+    learning_rate: eta_C.
+    count_noise: sigma_b, std of the noise on the count of unclipped clients (the paper
+      suggests ``expected cohort size / 20``).
+  """
+
+  target_quantile: float = 0.5
+  learning_rate: float = 0.2
+  count_noise: float = 0.0
+
+
+class PrivateOptState(NamedTuple):
+  """The wrapped server optimizer's state plus what the private aggregation carries."""
+
+  inner: optax.OptState
+  clip: jax.Array  # float32 scalar: the clipping norm of the next round
+  noise_key: jax.Array  # uint32 key data; the round's noise key is fold_in(it, round)
+
+
+class PrivateShared(NamedTuple):
+  """What the clients receive: the usual ``Shared`` fields plus the round's clipping norm."""
+
+  params: Any
+  round: jax.Array
+  clip: jax.Array
+
+
+class PrivateUpdate(NamedTuple):
+  """A client's upload: its (clipped, encoded) delta and whether it was left unclipped."""
+
+  delta: Any
+  unclipped: jax.Array
+
+
+def update_noise_multiplier(noise_multiplier: float, adaptive: AdaptiveClipping | None) -> float:
+  """The multiplier of the noise on the update sum: z itself, or Andrew et al.'s z_Delta."""
+  if adaptive is None or noise_multiplier == 0:
+    return float(noise_multiplier)
+  if not 2 * adaptive.count_noise > noise_multiplier:
+    raise ValueError(
+      f"adaptive clipping needs count_noise > noise_multiplier / 2 (got {adaptive.count_noise} and "
+      f"{noise_multiplier}): the count's noise takes part of the privacy budget"
+    )
+  return float((noise_multiplier**-2 - (2 * adaptive.count_noise) ** -2) ** -0.5)
+
+
+def clip_tree(tree, clip: jax.Array):
+  """``tree * min(1, clip / ||tree||)`` and ``||tree||`` (the global L2 norm over leaves)."""
+  norm = jnp.sqrt(tree_sq_norm(tree))
+  factor = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-30))
+  return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree), norm
+
+
+def private_aggregation(
+  algorithm: Algorithm,
+  *,
+  clip_norm: float | None = None,
+  noise_multiplier: float = 0.0,
+  expected_clients: float | None = None,
+  adaptive: AdaptiveClipping | None = None,
+  encoder: UpdateEncoder | None = None,
+  secure_aggregation: secagg_lib.SecAgg | None = None,
+  seed: int = 0,
+) -> Algorithm:
+  """Wraps ``algorithm``'s aggregation with DP clipping and noise, an encoder, and/or SecAgg.
+
+  Args:
+    algorithm: an ``Algorithm`` from ``build_algorithm`` (fedavg, fedprox, the FedOpt servers).
+    clip_norm: C, the L2 bound of each client's update (the initial one with ``adaptive``);
+      ``None`` for no DP (then ``noise_multiplier`` must be 0).
+    noise_multiplier: z; the noise on the update sum has std ``z * C``.
+    expected_clients: the fixed denominator, the expected number of aggregated clients
+      (``q * N`` for Poisson sampling, K for fixed-size rounds). Required with DP.
+    adaptive: optional ``AdaptiveClipping``.
+    encoder: optional ``UpdateEncoder`` applied to each client's (clipped) update.
+    secure_aggregation: optional ``SecAgg`` (fixed-point modular summation).
+    seed: seeds the noise key (the round's noise comes from ``fold_in(key, round)``).
+
+  Returns:
+    An ``Algorithm`` with the same ``engine``; its ``ServerState.opt_state`` is a
+    ``PrivateOptState``. Per client, ``apply``'s diagnostics add ``client_update_norm`` and
+    ``client_clipped``; per round ``clip_norm``, ``clipped_fraction`` and ``noise_std`` (the std of
+    the noise on the averaged update, ``z_Delta C / E[cohort size]``).
+
+  Example::
+
+    alg = private_aggregation(fedavg(model, optax.sgd(0.1)), clip_norm=1.0, noise_multiplier=1.0,
+                              expected_clients=50)
+  """
+  dp = clip_norm is not None
+  if dp:
+    if not clip_norm > 0:
+      raise ValueError(f"clip_norm must be > 0, got {clip_norm}")
+    if not noise_multiplier >= 0:
+      raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    if expected_clients is None or not expected_clients > 0:
+      raise ValueError(f"DP needs expected_clients > 0 (the fixed denominator), got {expected_clients}")
+  elif noise_multiplier or adaptive is not None:
+    raise ValueError("noise_multiplier and adaptive clipping need clip_norm")
+  z_update = update_noise_multiplier(noise_multiplier, adaptive) if dp else 0.0
+  inner_program, inner_update, engine = algorithm.client_program, algorithm.server_update, algorithm.engine
+  sa = secure_aggregation
+  fixed_clip = jnp.float32(clip_norm if dp else 0.0)
+
+  def init_client(shared, rng):
+    return inner_program.init(shared, rng), jax.random.key_data(rng)
+
+  def step(shared, carry, batch, mask, rng):
+    inner, key = carry
+    return inner_program.step(shared, inner, batch, mask, rng), key
+
+  def finish(shared, carry, num_examples) -> ClientOutput:
+    inner, key = carry
+    out = inner_program.finish(shared, inner, num_examples)
+    metrics = dict(out.metrics)
+    delta, weight = out.update, out.weight.astype(jnp.float32)
+    unclipped = jnp.ones((), jnp.float32)
+    clip = getattr(shared, "clip", fixed_clip)
+    if dp:
+      delta, norm = clip_tree(delta, clip)
+      unclipped = (norm <= clip).astype(jnp.float32)
+      metrics["update_norm"] = norm
+      metrics["clipped"] = 1.0 - unclipped
+      weight = (weight > 0).astype(jnp.float32)  # each client's weight <= 1: sensitivity C
+    if encoder is not None:
+      delta, _ = apply_encoder(
+        encoder, delta, jax.random.fold_in(jax.random.wrap_key_data(key), 1), clip if dp else None
+      )
+    if sa is not None:
+      finite = tree_all_finite(delta)
+      weight = jnp.where(finite, (weight > 0).astype(jnp.float32), jnp.nan)  # the engine drops NaN weights
+      delta = secagg_lib.encode(sa, jax.tree.map(lambda x: jnp.where(finite, x, 0.0), delta))
+      unclipped = unclipped.astype(jnp.int32)
+    if not (dp or sa is not None):  # an encoder alone: the upload is the plain (decoded) update
+      return ClientOutput(delta, weight, metrics)
+    return ClientOutput(PrivateUpdate(delta, unclipped), weight, metrics)
+
+  program = ClientProgram(init_client, step, finish)
+
+  def init(params) -> ServerState:
+    state = algorithm.init(params)
+    key = jax.random.key_data(jax.random.key(seed))
+    return engine.place_replicated(state._replace(opt_state=PrivateOptState(state.opt_state, fixed_clip, key)))
+
+  @jax.jit
+  def server_update(state: ServerState, aggregate: Aggregate) -> ServerState:
+    opt = state.opt_state
+    if dp or sa is not None:
+      update_sum, count = aggregate.update_sum.delta, aggregate.update_sum.unclipped
+    else:
+      update_sum, count = aggregate.update_sum, None
+    if sa is not None:
+      update_sum = secagg_lib.decode(sa, update_sum)
+      count = count.astype(jnp.float32)
+    weight_sum, clip = aggregate.weight_sum, opt.clip
+    if dp:
+      round_key = jax.random.fold_in(jax.random.wrap_key_data(opt.noise_key), state.round)
+      update_key, count_key = jax.random.split(round_key)
+      leaves, treedef = jax.tree.flatten(update_sum)
+      keys = jax.random.split(update_key, len(leaves))
+      std = z_update * clip
+      leaves = [x + std.astype(x.dtype) * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+      update_sum = jax.tree.unflatten(treedef, leaves)
+      weight_sum = jnp.float32(expected_clients)
+    inner_state = ServerState(state.params, opt.inner, state.round)
+    new = inner_update(inner_state, Aggregate(update_sum, weight_sum, aggregate.num_nonfinite))
+    if dp and adaptive is not None:
+      noisy_count = count + adaptive.count_noise * jax.random.normal(count_key, (), jnp.float32)
+      unclipped_fraction = noisy_count / expected_clients
+      clip = clip * jnp.exp(-adaptive.learning_rate * (unclipped_fraction - adaptive.target_quantile))
+    return ServerState(new.params, PrivateOptState(new.opt_state, clip, opt.noise_key), new.round)
+
+  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
+    before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
+    shared = PrivateShared(state.params, state.round, state.opt_state.clip)
+    aggregate, per_client = engine.run(program, shared, cohort, rng)
+    clip_used = state.opt_state.clip
+    new_state = server_update(state, aggregate)
+    weight_sum, num_nonfinite, clip_used = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite, clip_used))
+    computed = engine.stats.computed_example_steps - before["computed"]
+    real = engine.stats.real_example_steps - before["real"]
+    ok = ~per_client["nonfinite"]
+    diagnostics = {
+      "num_clients": cohort.num_clients,
+      "num_nonfinite": int(num_nonfinite),
+      "weight_sum": float(weight_sum),
+      "padding_efficiency": real / computed if computed else 1.0,
+      **{f"client_{k}": v for k, v in per_client.items()},
+    }
+    if "loss" in per_client and "examples_trained" in per_client:
+      trained = per_client["examples_trained"][ok]
+      diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
+    if dp:
+      diagnostics["clip_norm"] = float(clip_used)
+      diagnostics["clipped_fraction"] = float(np.mean(per_client["clipped"][ok])) if ok.any() else 0.0
+      diagnostics["noise_std"] = float(z_update * clip_used / expected_clients)
+    return new_state, diagnostics
+
+  return Algorithm(init, apply, program, server_update, engine)
+
+
+def expected_cohort(selection: str, clients_per_round: int, num_clients: int, rate: float) -> float:
+  """The fixed denominator: ``q N`` for Poisson sampling, else the K aggregated a round."""
+  return rate * num_clients if selection == "poisson" else float(clients_per_round)
+
+
+__all__ = [
+  "AdaptiveClipping",
+  "PrivateOptState",
+  "PrivateShared",
+  "PrivateUpdate",
+  "clip_tree",
+  "expected_cohort",
+  "private_aggregation",
+  "update_noise_multiplier",
+]

@@ -1,0 +1,101 @@
+"""Update encoders: unbiased quantization, exact bit counts, top-k, and upload times that follow
+the encoded size through the latency model and the planner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjaxscale.algorithms import encoders
+from fedjaxscale.scheduler import SyncConfig, SyncPlanner
+from fedjaxscale.systems import LatencyModel, generate_traces
+
+
+def _x(d=37, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=d).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [1, 4])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_quantizer_is_unbiased(bits, rotate):
+  enc, x, n = encoders.stochastic_quantizer(bits, rotate), _x(), 4000
+  keys = jax.random.split(jax.random.key(0), n)
+  decoded = jax.jit(jax.vmap(lambda k: enc.decode(enc.encode(x, k), x.shape[0])))(keys)
+  decoded = np.asarray(decoded, np.float64)
+  mean, sem = decoded.mean(0), decoded.std(0) / np.sqrt(n) + 1e-7
+  assert np.all(np.abs(mean - np.asarray(x)) < 5 * sem + 1e-5)
+  if not rotate:  # every decoded value is one of the 2**bits levels between min and max
+    lo, hi = float(x.min()), float(x.max())
+    levels = lo + (hi - lo) * np.arange(2**bits) / (2**bits - 1)
+    assert np.all(np.min(np.abs(decoded[:50, :, None] - levels), axis=-1) < 1e-5)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8, 16])
+def test_quantizer_bit_count_is_exact(bits):
+  for d in (1, 37, 64, 1000):
+    x = _x(d)
+    plain, rot = encoders.stochastic_quantizer(bits), encoders.stochastic_quantizer(bits, rotate=True)
+    payload = plain.encode(x, jax.random.key(1))
+    assert int(payload["q"].max()) < 2**bits and payload["q"].size == d  # b bits per entry ...
+    assert plain.num_bits(d) == d * bits + 64  # ... plus min and max as float32
+    pad = 1 << max(d - 1, 0).bit_length()
+    assert rot.encode(x, jax.random.key(1))["q"].size == pad and rot.num_bits(d) == pad * bits + 64
+  assert encoders.stochastic_quantizer(32).num_bits(10) == 320  # 32 bits: float32 itself
+  np.testing.assert_array_equal(encoders.stochastic_quantizer(32).encode(_x(), None), _x())
+
+
+def test_hadamard_is_orthonormal_and_self_inverse():
+  d = 16
+  h = np.array([[1.0]])
+  while h.shape[0] < d:
+    h = np.block([[h, h], [h, -h]])
+  x = np.asarray(_x(d))
+  np.testing.assert_allclose(np.asarray(encoders.hadamard(jnp.asarray(x))), h @ x / 4.0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(encoders.hadamard(encoders.hadamard(jnp.asarray(x)))), x, atol=1e-5)
+
+
+def test_rotation_shrinks_quantization_error():
+  x = jnp.zeros(256).at[3].set(10.0) + 0.01 * _x(256)  # one spike: a wide range for the plain quantizer
+  errs = []
+  for rotate in (False, True):
+    enc = encoders.stochastic_quantizer(2, rotate)
+    dec = jax.vmap(lambda k, enc=enc: enc.decode(enc.encode(x, k), 256))(jax.random.split(jax.random.key(0), 64))
+    errs.append(float(jnp.mean(jnp.sum((dec - x) ** 2, axis=1))))
+  assert errs[1] < errs[0] / 3
+
+
+def test_top_k_keeps_the_largest_and_counts_bits():
+  x = jnp.asarray([0.1, -5.0, 0.2, 3.0, -0.05, 0.0, 1.0, 0.3])
+  enc = encoders.top_k(3)
+  np.testing.assert_array_equal(np.asarray(enc.decode(enc.encode(x, None), 8)), [0, -5.0, 0, 3.0, 0, 0, 1.0, 0])
+  assert enc.num_bits(8) == 3 * (32 + 3) and enc.num_bits(1000) == 3 * (32 + 10)
+  with pytest.raises(ValueError, match="k=3 entries but the update has only 2"):
+    enc.num_bits(2)
+  with pytest.raises(ValueError, match="state store"):
+    encoders.top_k(3, error_feedback=True)
+  with pytest.raises(ValueError, match="bits"):
+    encoders.stochastic_quantizer(0)
+  with pytest.raises(ValueError, match="bits"):
+    encoders.stochastic_quantizer(33)
+
+
+def test_apply_encoder_on_a_tree_and_norm_bound():
+  tree = {"a": _x(6).reshape(2, 3), "b": _x(4, seed=1)}
+  out, _ = encoders.apply_encoder(encoders.identity(), tree, jax.random.key(0))
+  jax.tree.map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)), out, tree)
+  out, norm = encoders.apply_encoder(encoders.stochastic_quantizer(1), tree, jax.random.key(0), scale_to_norm=0.5)
+  got = np.sqrt(sum(float(jnp.sum(v**2)) for v in jax.tree.leaves(out)))
+  assert got <= 0.5 * (1 + 1e-6) and float(norm) > 0.5
+
+
+def test_compressed_upload_time_is_bits_over_bandwidth():
+  traces = generate_traces(100, seed=0)
+  d = 100_000
+  for enc in (encoders.identity(), encoders.stochastic_quantizer(2, rotate=True), encoders.top_k(500)):
+    bits = enc.num_bits(d)
+    lm = LatencyModel(32 * d, local_steps=2, batch_size=5, update_bits=bits)
+    clients = np.arange(100)
+    np.testing.assert_allclose(lm.latency(traces, clients).upload, bits / (traces.up_kbps * 1000.0), rtol=1e-12)
+    plan = SyncPlanner(traces, lm, SyncConfig(5), seed=0).plan_round()
+    up = traces.up_kbps[plan.clients] * 1000.0
+    np.testing.assert_allclose(plan.finish - plan.compute_end, bits / up, rtol=1e-9)
