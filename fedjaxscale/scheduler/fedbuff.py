@@ -164,11 +164,15 @@ class AsyncPlanner:
       step_weights=1.0 / np.sqrt(1.0 + (v - sv)),
     )
 
-  def report(self, plan: AsyncPlan, mean_sq_losses) -> None:
+  def report(self, plan: AsyncPlan, mean_sq_losses, finite=None) -> None:
     """Feeds the accepted clients' losses (aligned with ``plan.accepted``)
-    back to the policy."""
+    back to the policy; ``finite`` (same alignment) False leaves a client
+    with a non-finite update out (default: those with a non-finite loss)."""
     ok = plan.status == Status.ACCEPTED
-    self.policy.update(plan.version, plan.clients[ok], mean_sq_losses, plan.finish[ok] - plan.start[ok])
+    losses = np.asarray(mean_sq_losses, np.float64).reshape(-1)
+    keep = np.isfinite(losses) if finite is None else np.asarray(finite, bool) & np.isfinite(losses)
+    clients, durations = plan.clients[ok], plan.finish[ok] - plan.start[ok]
+    self.policy.update(plan.version, clients[keep], losses[keep], durations[keep])
 
   # ------------------------------------------------------------------ events
 

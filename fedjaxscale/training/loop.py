@@ -19,6 +19,7 @@ import json
 import pathlib
 import shutil
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -30,10 +31,11 @@ from fedjaxscale.data import gather_cohort
 from fedjaxscale.engine import Aggregate, Evaluator
 from fedjaxscale.scheduler import Status
 from fedjaxscale.training import outputs, plots
-from fedjaxscale.training.checkpoint import Checkpointer
-from fedjaxscale.training.distributed import is_lead
+from fedjaxscale.training import workdir as run_dir
+from fedjaxscale.training.checkpoint import Checkpointer, CheckpointError
+from fedjaxscale.training.distributed import barrier, is_lead
 from fedjaxscale.training.progress import Progress
-from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes
+from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes, reopen_data
 
 RUN_FILES = (
   "config.json",
@@ -72,27 +74,76 @@ def train_and_evaluate(
       ``overwrite``. Nothing is written then.
   """
   workdir = pathlib.Path(workdir).resolve()
-  check_config(config)
+  check_config(config)  # before the lock: a bad config needs no workdir
+  created = not workdir.exists()
+  lock = None
+  try:
+    if is_lead():  # one lock per run, taken by the process that writes
+      workdir.mkdir(parents=True, exist_ok=True)
+      lock = run_dir.WorkdirLock(workdir)
+      try:
+        lock.acquire()
+      except run_dir.WorkdirBusy as e:
+        lock = None
+        raise ConfigError(str(e)) from None
+    run = _prepare(config, workdir, resume=resume, overwrite=overwrite, show_progress=show_progress)
+  except BaseException:
+    if is_lead():
+      run_dir.remove_staged(workdir)
+      if lock is not None:
+        lock.release()
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  try:
+    return run.run()
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _prepare(config, workdir: pathlib.Path, *, resume: bool, overwrite: bool, show_progress: bool) -> "_Run":
+  """Checks everything (config, data, traces, the checkpoint to resume), and only then touches
+  the workdir: removes the run being overwritten and puts newly generated data in place."""
   existing = holds_run(workdir)
   if existing and not (resume or overwrite):
     raise ConfigError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite to replace it")
   if resume and not existing:
     raise ConfigError(f"--resume: {workdir} holds no run to resume")
-  created = not workdir.exists()
-  if overwrite and existing and not resume:
-    for name in RUN_FILES:
-      path = workdir / name
-      shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-  new_data = not (workdir / "data").exists()
+  if resume:
+    run_dir.check_resume_config(json.loads(config.to_json_best_effort()), workdir, ConfigError)
+  parts = build(config, workdir, resume=resume)
+  run = _Run(config, workdir, parts, resume, show_progress)  # restores (and checks) the checkpoint; writes nothing
   try:
-    parts = build(config, workdir)
-  except ConfigError:
-    if created:
-      shutil.rmtree(workdir, ignore_errors=True)
-    elif new_data:
-      shutil.rmtree(workdir / "data", ignore_errors=True)
+    if resume and is_lead():
+      try:
+        outputs.check_resumable(workdir, run.round)
+      except ValueError as e:
+        raise ConfigError(f"--resume: {e}; start the run again with --overwrite") from None
+    _commit(workdir, parts, resume=resume, overwrite=overwrite, existing=existing)
+    run.start_writing()
+  except BaseException:
+    run.close()
     raise
-  return _Run(config, workdir, parts, resume, show_progress).run()
+  return run
+
+
+def _commit(workdir: pathlib.Path, parts: RunParts, *, resume: bool, overwrite: bool, existing: bool) -> None:
+  if is_lead():
+    if overwrite and existing and not resume:
+      for name in RUN_FILES:
+        path = workdir / name
+        if name == "data" and not parts.staged:
+          continue  # the old run's data matches the new config: keep it
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    run_dir.commit_data(workdir)
+  if parts.staged:
+    barrier("fedjaxscale:data-committed")
+    parts.train, parts.test = reopen_data(workdir)
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 class _Run:
@@ -105,21 +156,33 @@ class _Run:
     init_key, self.key = jax.random.split(jax.random.key(config.seed))
     self.state = self.algorithm.init(parts.model.init(init_key))
     self.evaluator = Evaluator(parts.model, self.engine, config.eval_batch_size)
-    self.checkpointer = Checkpointer(workdir / "checkpoints")
+    self.checkpointer = None  # opened by start_writing (or _restore), after an overwritten run is gone
+    self.skipped_rounds: list[int] = []  # newer checkpoints that did not restore
     self.round = 0
     self.wall_before = 0.0
     self.clients_trained = 0
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
+    self.resume, self.show_progress = resume, show_progress
+    self.lead = is_lead()  # in multi-process runs only process 0 writes files
+    self.writer = self.progress = None
+    self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
+    self._warned_nonfinite = self._warned_diverged = False
     if resume:
       self._restore()
-    self.lead = lead = is_lead()  # in multi-process runs only process 0 writes files
-    self.writer = outputs.RunWriter(workdir, enabled=lead, resume_round=self.round if resume else None)
-    if not resume:
+
+  def start_writing(self) -> None:
+    """Opens the outputs (a fresh run's config and availability; a resumed run's files cut back
+    to its checkpoint): the first write of the command, after every check has passed."""
+    config, lead = self.config, self.lead
+    if self.checkpointer is None:
+      self.checkpointer = Checkpointer(self.workdir / "checkpoints")
+    self.checkpointer.discard(self.skipped_rounds)
+    self.writer = outputs.RunWriter(self.workdir, enabled=lead, resume_round=self.round if self.resume else None)
+    if not self.resume:
       self.writer.write_config(json.loads(config.to_json_best_effort()))
       hours, counts = self._availability()
       self.writer.write_availability(hours, counts)
-    self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if show_progress else None
-    self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
+    self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if self.show_progress else None
 
   # -- the loop ---------------------------------------------------------------------------------
 
@@ -133,11 +196,21 @@ class _Run:
         record["round"] = self.round
         record["wall_s"] = self.wall_before + time.perf_counter() - start
         if config.eval_every and (self.round % config.eval_every == 0 or self.round == config.rounds):
-          if self.p.test is not None:
+          diverged = not _all_finite(self.state.params)
+          if diverged:  # a non-finite model's "accuracy" is an artefact of argmax over NaNs
+            self._warn_diverged()
+            if self.p.test is not None:
+              record["eval"] = {"accuracy": None, "loss": None, "diverged": True}
+          elif self.p.test is not None:
             tic = time.perf_counter()
             record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
             self.timings["eval"] = time.perf_counter() - tic
-          if config.eval_train:  # the global objective: the model's loss on every client's training data
+            if not np.isfinite(record["eval"].get("loss", 0.0)):  # finite but overflowing parameters
+              self._warn_diverged()
+              record["eval"] = {"accuracy": None, "loss": None, "diverged": True}
+          if (
+            config.eval_train and not diverged
+          ):  # the global objective: the model's loss on every client's training data
             tic = time.perf_counter()
             record["eval_train"] = self.evaluator(self.state.params, self.p.train).metrics
             self.timings["eval"] += time.perf_counter() - tic
@@ -166,7 +239,12 @@ class _Run:
     finally:
       if self.progress is not None:
         self.progress.close()
+      self.close()
+
+  def close(self) -> None:
+    if self.writer is not None:
       self.writer.close()
+    if self.checkpointer is not None:
       self.checkpointer.close()
 
   def _sync_round(self):
@@ -202,12 +280,18 @@ class _Run:
       tic = self._tick("gather", tic)
       self.state, diagnostics = self.algorithm.apply(self.state, cohort, jax.random.fold_in(self.key, self.round))
       self._tick("engine", tic)
-      p.planner.report(plan, diagnostics["client_loss_sq"][: len(plan.aggregated)])
+      n = len(plan.aggregated)
+      finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
+      # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
+      p.planner.report(plan, diagnostics["client_loss_sq"][:n], finite=finite)
+      all_nonfinite = diagnostics["num_nonfinite"] == len(members)
       record.update(
-        train_loss=diagnostics["train_loss"],
+        train_loss=None if all_nonfinite else diagnostics["train_loss"],
         nonfinite=diagnostics["num_nonfinite"],
         padding_efficiency=diagnostics["padding_efficiency"],
       )
+      if all_nonfinite:
+        self._warn_nonfinite(len(members))
       self.clients_trained += len(members)
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
@@ -228,6 +312,7 @@ class _Run:
       raise RuntimeError(f"async plan for model version {plan.version}, server is at {int(self.state.round)}")
     accepted = plan.status == Status.ACCEPTED
     losses = np.zeros(int(accepted.sum()))
+    finite = np.ones(int(accepted.sum()), bool)
     train_loss, trained = [], 0
     for step in np.unique(plan.arrival_step[accepted]):
       group = accepted & (plan.arrival_step == step)
@@ -243,11 +328,15 @@ class _Run:
         aggregate if int(step) not in self.pending else jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
       )
       losses[np.flatnonzero(group[accepted])] = per_client["loss_sq"]
+      finite[np.flatnonzero(group[accepted])] = ~per_client["nonfinite"]
       ok = ~per_client["nonfinite"]
       train_loss.append(np.sum(per_client["loss"][ok] * per_client["examples_trained"][ok]))
       trained += float(np.sum(per_client["examples_trained"][ok]))
       self.clients_trained += int(group.sum())
-    p.planner.report(plan, losses)
+    p.planner.report(plan, losses, finite=finite)
+    nonfinite = int((~finite).sum())
+    if accepted.any() and nonfinite == int(accepted.sum()):
+      self._warn_nonfinite(nonfinite)
     buffer = self.pending.pop(plan.version, None)
     tic = time.perf_counter()
     if buffer is None:
@@ -278,9 +367,31 @@ class _Run:
       "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
       "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
       "trained": int(accepted.sum()),
-      "train_loss": float(sum(train_loss) / max(trained, 1.0)),
+      "train_loss": float(sum(train_loss) / trained) if trained else None,
+      "nonfinite": nonfinite,
     }
     return record, (plan.finish - plan.start)[accepted]
+
+  def _warn_nonfinite(self, count: int) -> None:
+    if not self._warned_nonfinite:
+      self._warned_nonfinite = True
+      warnings.warn(
+        f"round {self.round + 1}: all {count} trained client updates were non-finite (left out; the model did "
+        "not move); such rounds report train_loss null and are counted in summary.json's nonfinite_rounds "
+        "(a smaller algorithm.client_lr usually helps)",
+        RuntimeWarning,
+        stacklevel=2,
+      )
+
+  def _warn_diverged(self) -> None:
+    if not self._warned_diverged:
+      self._warned_diverged = True
+      warnings.warn(
+        f"round {self.round}: the global model diverged (non-finite parameters or test loss); its accuracy is not "
+        "reported (eval.diverged true, summary.json's diverged_round)",
+        RuntimeWarning,
+        stacklevel=2,
+      )
 
   def _tick(self, phase: str, since: float) -> float:
     now = time.perf_counter()
@@ -327,10 +438,17 @@ class _Run:
     self.checkpointer.save(self.round, self.state, host)
 
   def _restore(self) -> None:
-    latest = self.checkpointer.latest_round()
-    if latest is None:
-      raise ConfigError(f"--resume: {self.workdir / 'checkpoints'} holds no complete checkpoint")
-    self.state, host = self.checkpointer.restore(latest, self.state)
+    directory = self.workdir / "checkpoints"
+    if not directory.is_dir():
+      raise ConfigError(
+        f"--resume: {directory} does not exist (the run stopped before its first checkpoint); "
+        "start it again with --overwrite"
+      )
+    self.checkpointer = Checkpointer(directory)
+    try:
+      self.state, host, self.skipped_rounds = self.checkpointer.restore_latest(self.state)
+    except CheckpointError as e:
+      raise ConfigError(f"--resume: {e}; start the run again with --overwrite") from None
     self.round = int(host["round"])
     self.wall_before = float(host["wall_s"])
     self.clients_trained = int(host["clients_trained"])
