@@ -284,14 +284,15 @@ class _Run:
       finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
       # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
       p.planner.report(plan, diagnostics["client_loss_sq"][:n], finite=finite)
-      all_nonfinite = diagnostics["num_nonfinite"] == len(members)
+      loss = diagnostics["train_loss"]
+      no_loss = diagnostics["num_nonfinite"] == len(members) or not np.isfinite(loss)
       record.update(
-        train_loss=None if all_nonfinite else diagnostics["train_loss"],
+        train_loss=None if no_loss else loss,
         nonfinite=diagnostics["num_nonfinite"],
         padding_efficiency=diagnostics["padding_efficiency"],
       )
-      if all_nonfinite:
-        self._warn_nonfinite(len(members))
+      if no_loss:
+        self._warn_nonfinite(len(members), diagnostics["num_nonfinite"])
       self.clients_trained += len(members)
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
@@ -335,8 +336,11 @@ class _Run:
       self.clients_trained += int(group.sum())
     p.planner.report(plan, losses, finite=finite)
     nonfinite = int((~finite).sum())
-    if accepted.any() and nonfinite == int(accepted.sum()):
-      self._warn_nonfinite(nonfinite)
+    mean_loss = float(sum(train_loss) / trained) if trained else None
+    if mean_loss is not None and not np.isfinite(mean_loss):
+      mean_loss = None
+    if accepted.any() and mean_loss is None:
+      self._warn_nonfinite(int(accepted.sum()), nonfinite)
     buffer = self.pending.pop(plan.version, None)
     tic = time.perf_counter()
     if buffer is None:
@@ -367,18 +371,18 @@ class _Run:
       "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
       "bytes_up": model_bytes(p.num_params) * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
       "trained": int(accepted.sum()),
-      "train_loss": float(sum(train_loss) / trained) if trained else None,
+      "train_loss": mean_loss,
       "nonfinite": nonfinite,
     }
     return record, (plan.finish - plan.start)[accepted]
 
-  def _warn_nonfinite(self, count: int) -> None:
+  def _warn_nonfinite(self, trained: int, nonfinite: int) -> None:
     if not self._warned_nonfinite:
       self._warned_nonfinite = True
       warnings.warn(
-        f"round {self.round + 1}: all {count} trained client updates were non-finite (left out; the model did "
-        "not move); such rounds report train_loss null and are counted in summary.json's nonfinite_rounds "
-        "(a smaller algorithm.client_lr usually helps)",
+        f"round {self.round + 1}: none of the {trained} trained clients gave a finite loss ({nonfinite} non-finite "
+        "updates were left out of the aggregate); such rounds report train_loss null and are counted in "
+        "summary.json's nonfinite_rounds (a smaller algorithm.client_lr usually helps)",
         RuntimeWarning,
         stacklevel=2,
       )
