@@ -563,7 +563,7 @@ REAL_FIELDS = {
   "algorithm.client_momentum": (0.0, 1.0, False, True),
   "system.deadline_s": (0.0, None, False, False),
   "system.backward_factor": (0.0, None, True, False),
-  "system.compression": (0.0, None, True, False),
+  "system.compression": (0.0, 1.0, True, False),
   "system.overcommit": (1.0, None, False, False),
   "target_accuracy": (0.0, 1.0, False, False),
   "data.alpha": (0.0, None, False, False),

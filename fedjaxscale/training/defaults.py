@@ -61,7 +61,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.system.selection = "random"  # 'random' among online clients, or 'oort'
   c.system.overcommit = 1.3  # sync: select ceil(overcommit * K) clients
   c.system.deadline_s = 0.0  # sync: aggregate whoever finishes by this many seconds (0: the first K)
-  c.system.availability_mode = "window"  # 'window' (online throughout) or 'endpoints' (FedScale's)
+  c.system.availability_mode = "window"  # 'window' (online throughout), 'endpoints' (FedScale's), 'start' (async only)
   c.system.stragglers = "drop"  # 'drop' late clients, or keep their 'partial' work (FedProx)
   c.system.backward_factor = 3.0  # compute time = samples x ms/sample x this
   c.system.compression = 1.0  # upload size = model size x this

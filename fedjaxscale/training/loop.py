@@ -142,6 +142,14 @@ def _commit(workdir: pathlib.Path, parts: RunParts, *, resume: bool, overwrite: 
     parts.train, parts.test = reopen_data(workdir)
 
 
+def timeline_ends(plan) -> np.ndarray:
+  """A sync plan's upload/finish column: the planned finish, or for ``dropped`` rows the time the
+  client went offline. (A straggler that goes offline after the round ended keeps its planned
+  finish: it left when it was no longer waited for.)"""
+  dropped = plan.status == Status.DROPPED
+  return np.where(dropped, np.minimum(plan.finish, plan.drop_time), plan.finish)
+
+
 def _all_finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact))
 
@@ -297,7 +305,7 @@ class _Run:
     else:  # nobody finished: the clock moved, the model did not
       self.state = self.state._replace(round=self.state.round + 1)
       p.planner.report(plan, np.zeros(0))
-    ended = np.minimum(plan.finish, plan.drop_time)  # the upload's end, or when the client went offline
+    ended = timeline_ends(plan)
     self.writer.write_timeline(
       self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
     )
