@@ -56,3 +56,76 @@ def test_fedbuff_refills_a_slot_freed_at_the_end_of_an_on_slot(seed):
   # Client 0's slot is freed at t = 10: client 2 (idle and online) takes it at once, rather than
   # client 0 being re-picked at the very end of its on-slot and the slot staying empty until t = 500.
   assert 2 in rows and rows[2][1] == pytest.approx(10.0)
+
+
+# -- 17. FedScale's rules as config choices -------------------------------------------------------
+
+
+def _load(name, variant=None):
+  import importlib.util
+
+  from fedjaxscale.training.setup import REPO_ROOT
+
+  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+@pytest.mark.parametrize("name, variant, selected", [("femnist_fedscale", "small", 5), ("synthetic", "small", 6)])
+def test_fedscale_selects_int_of_overcommit_times_k(name, variant, selected):
+  from fedjaxscale.systems import generate_traces
+  from fedjaxscale.training.setup import _planner
+
+  config = _load(name, variant)
+  assert config.clients_per_round == 4 and config.system.overcommit == 1.3  # 5.2 clients
+  traces = generate_traces(50, seed=0)
+  latency = LatencyModel(model_bits(10), epochs=1.0)
+  planner = _planner(config, traces, latency, np.full(50, 5), None)
+  assert planner.config.num_selected == selected
+
+
+def test_model_averaging_buffer_is_the_weighted_mean_of_client_models():
+  import jax.numpy as jnp
+
+  from fedjaxscale.engine import Aggregate
+  from fedjaxscale.training.loop import from_model_space, to_model_space
+
+  rng = np.random.default_rng(0)
+  starts = [rng.standard_normal(3).astype(np.float32) for _ in range(2)]  # two model versions
+  deltas = [rng.standard_normal(3).astype(np.float32) for _ in range(2)]
+  weights = [1.0, 1.0 / np.sqrt(2.0)]  # the second is stale by one step
+  buffer = None
+  for p, d, w in zip(starts, deltas, weights):
+    group = to_model_space(Aggregate({"w": jnp.asarray(w * d)}, jnp.float32(w), jnp.int32(0)), {"w": jnp.asarray(p)})
+    buffer = (
+      group
+      if buffer is None
+      else Aggregate(
+        *(
+          a + b
+          for a, b in zip(
+            (buffer.update_sum["w"], buffer.weight_sum, buffer.num_nonfinite),
+            (group.update_sum["w"], group.weight_sum, group.num_nonfinite),
+          )
+        )
+      )._replace(update_sum={"w": buffer.update_sum["w"] + group.update_sum["w"]})
+    )
+  current = rng.standard_normal(3).astype(np.float32)
+  step = from_model_space(buffer, {"w": jnp.asarray(current)})
+  new = current - np.asarray(step.update_sum["w"]) / float(step.weight_sum)  # the server's SGD at lr 1
+  models = [p - d for p, d in zip(starts, deltas)]  # a delta is start - client
+  expected = sum(w * m for w, m in zip(weights, models)) / sum(weights)
+  np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fedbuff_fedscale_small_runs(tmp_path):
+  from fedjaxscale.training import train_and_evaluate
+  from fedjaxscale.training.outputs import read_metrics
+
+  config = _load("fedbuff_fedscale", "small")
+  assert config.system.availability_mode == "start" and config.system.async_aggregation == "models"
+  summary = train_and_evaluate(config, tmp_path, show_progress=False)
+  records = read_metrics(tmp_path)
+  assert summary["rounds"] == 4 and all(r["aggregated"] == 4 for r in records)
+  assert all(np.isfinite(r["train_loss"]) for r in records)

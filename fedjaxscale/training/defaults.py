@@ -60,6 +60,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.system.mode = "sync"  # 'sync' or 'async' (FedBuff)
   c.system.selection = "random"  # 'random' among online clients, or 'oort'
   c.system.overcommit = 1.3  # sync: select ceil(overcommit * K) clients
+  c.system.overcommit_rounding = "ceil"  # sync: 'ceil' of overcommit * K, or FedScale's 'floor' (its int())
   c.system.deadline_s = 0.0  # sync: aggregate whoever finishes by this many seconds (0: the first K)
   c.system.availability_mode = "window"  # 'window' (online throughout), 'endpoints' (FedScale's), 'start' (async only)
   c.system.stragglers = "drop"  # 'drop' late clients, or keep their 'partial' work (FedProx)
@@ -67,6 +68,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.system.compression = 1.0  # upload size = model size x this
   c.system.max_concurrency = 100  # async: clients in flight
   c.system.max_staleness = 5  # async: discard updates staler than this
+  c.system.async_aggregation = "deltas"  # async: average client 'deltas' (FedBuff), or client 'models' (FedScale)
 
   c.eval_every = 5  # evaluate on the test clients every this many rounds (0: never)
   c.eval_batch_size = 1024  # examples per evaluation batch

@@ -142,6 +142,25 @@ def _commit(workdir: pathlib.Path, parts: RunParts, *, resume: bool, overwrite: 
     parts.train, parts.test = reopen_data(workdir)
 
 
+def to_model_space(aggregate: Aggregate, start_params) -> Aggregate:
+  """FedScale's FedBuff averages client models, not deltas. A delta is ``start - client``, so the
+  client model is ``start - delta``; the buffer holds ``sum w (delta - start)`` (a sum of negated
+  models) until its step, where `from_model_space` adds ``W * current``: the server's
+  ``current - sum / W`` (SGD at lr 1) is then the weighted mean of the client models."""
+  w = aggregate.weight_sum
+  return aggregate._replace(
+    update_sum=jax.tree.map(lambda u, p: u - w.astype(u.dtype) * p, aggregate.update_sum, start_params)
+  )
+
+
+def from_model_space(buffer: Aggregate, current_params) -> Aggregate:
+  """The buffer of `to_model_space` as deltas from the current server model."""
+  w = buffer.weight_sum
+  return buffer._replace(
+    update_sum=jax.tree.map(lambda u, p: u + w.astype(u.dtype) * p, buffer.update_sum, current_params)
+  )
+
+
 def timeline_ends(plan) -> np.ndarray:
   """A sync plan's upload/finish column: the planned finish, or for ``dropped`` rows the time the
   client went offline. (A straggler that goes offline after the round ended keeps its planned
@@ -333,6 +352,8 @@ class _Run:
         self.algorithm.client_program, Shared(self.state.params, self.state.round), cohort, key
       )
       self._tick("engine", tic)
+      if self.config.system.async_aggregation == "models":
+        aggregate = to_model_space(aggregate, self.state.params)
       self.pending[int(step)] = (
         aggregate if int(step) not in self.pending else jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
       )
@@ -354,6 +375,8 @@ class _Run:
     if buffer is None:
       self.state = self.state._replace(round=self.state.round + 1)
     else:
+      if self.config.system.async_aggregation == "models":
+        buffer = from_model_space(buffer, self.state.params)
       self.state = self.algorithm.server_update(self.state, buffer)
       jax.block_until_ready(self.state.params)
     self._tick("engine", tic)

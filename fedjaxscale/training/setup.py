@@ -241,6 +241,8 @@ def check_config(config) -> None:
   modes = ("window", "start", "endpoints") if config.system.mode == "async" else ("window", "endpoints")
   _choice(config, s + "availability_mode", modes, f"{config.system.mode} availability mode")
   _real(config, s + "overcommit", 1.0)
+  _choice(config, s + "overcommit_rounding", ("ceil", "floor"))
+  _choice(config, s + "async_aggregation", ("deltas", "models"))
   _real(config, s + "deadline_s", 0.0, note="(0: no deadline)")
   _real(config, s + "backward_factor", 0.0, low_open=True)
   _real(config, s + "compression", 0.0, 1.0, low_open=True, note="(the uploaded fraction of the update)")
@@ -523,6 +525,7 @@ def _planner(config, traces, latency, sizes, policy):
       overcommit=s.overcommit,
       deadline_s=s.deadline_s or None,
       availability_mode=s.availability_mode,
+      round_up=s.overcommit_rounding == "ceil",
     )
     return SyncPlanner(traces, latency, sync, sizes, policy, seed=config.seed)
   _require(
