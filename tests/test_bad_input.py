@@ -79,17 +79,19 @@ def strict_load(path: pathlib.Path):
 def finished_run(tmp_path_factory):
   """A finished 3-round run with checkpoints after rounds 2 and 3 (copy it before changing it)."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
-  config = tiny(rounds=3)
-  train_and_evaluate(config, workdir, show_progress=False)
-  return config, workdir
+  train_and_evaluate(tiny(rounds=3), workdir, show_progress=False)
+  return workdir
+
+
+def finished_config():
+  return tiny(rounds=3)
 
 
 @pytest.fixture
 def run_copy(finished_run, tmp_path):
-  config, workdir = finished_run
   copy = tmp_path / "run"
-  shutil.copytree(workdir, copy, symlinks=True)
-  return config, copy
+  shutil.copytree(finished_run, copy, symlinks=True)
+  return finished_config(), copy
 
 
 def directory_dataset(
@@ -309,7 +311,7 @@ def test_resume_may_change_rounds_and_frequencies(run_copy):
 
 
 def test_half_written_data_does_not_brick_the_workdir(finished_run, tmp_path):
-  config, done = finished_run
+  config, done = finished_config(), finished_run
   workdir = tmp_path / "run"
   (workdir / "data").mkdir(parents=True)
   shutil.copytree(done / "data" / "train", workdir / "data" / "train")  # killed before data/test
@@ -320,7 +322,7 @@ def test_half_written_data_does_not_brick_the_workdir(finished_run, tmp_path):
 
 
 def test_data_from_another_config_is_not_reused(finished_run, tmp_path):
-  _, done = finished_run
+  done = finished_run
   workdir = tmp_path / "run"
   shutil.copytree(done / "data", workdir / "data")  # 60 clients, alpha 1
   config = tiny(**{"data.num_clients": 70, "data.alpha": 0.5, "rounds": 1})
@@ -390,8 +392,8 @@ def _final_state(config, workdir, round_):
 
 
 def test_a_truncated_newest_checkpoint_falls_back_and_resumes_bit_identically(finished_run, run_copy):
-  config, done = finished_run
-  _, workdir = run_copy
+  done = finished_run
+  config, workdir = run_copy
   _truncate_largest_file(workdir / "checkpoints" / "3")
   with pytest.warns(RuntimeWarning, match=r"round\(s\) \[3\] do not restore.*resuming from round 2"):
     train_and_evaluate(config, workdir, resume=True, show_progress=False)

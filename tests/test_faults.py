@@ -86,6 +86,7 @@ def test_fedscale_selects_int_of_overcommit_times_k(name, variant, selected):
 
 
 def test_model_averaging_buffer_is_the_weighted_mean_of_client_models():
+  import jax
   import jax.numpy as jnp
 
   from fedjaxscale.engine import Aggregate
@@ -98,19 +99,7 @@ def test_model_averaging_buffer_is_the_weighted_mean_of_client_models():
   buffer = None
   for p, d, w in zip(starts, deltas, weights):
     group = to_model_space(Aggregate({"w": jnp.asarray(w * d)}, jnp.float32(w), jnp.int32(0)), {"w": jnp.asarray(p)})
-    buffer = (
-      group
-      if buffer is None
-      else Aggregate(
-        *(
-          a + b
-          for a, b in zip(
-            (buffer.update_sum["w"], buffer.weight_sum, buffer.num_nonfinite),
-            (group.update_sum["w"], group.weight_sum, group.num_nonfinite),
-          )
-        )
-      )._replace(update_sum={"w": buffer.update_sum["w"] + group.update_sum["w"]})
-    )
+    buffer = group if buffer is None else jax.tree.map(jnp.add, buffer, group)
   current = rng.standard_normal(3).astype(np.float32)
   step = from_model_space(buffer, {"w": jnp.asarray(current)})
   new = current - np.asarray(step.update_sum["w"]) / float(step.weight_sum)  # the server's SGD at lr 1
