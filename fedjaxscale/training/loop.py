@@ -70,8 +70,10 @@ def train_and_evaluate(
     The run's summary (also written to ``workdir/summary.json``).
 
   Raises:
-    ConfigError: a config that cannot run, or a workdir holding a run without ``resume`` or
-      ``overwrite``. Nothing is written then.
+    ConfigError: a config (or data, traces, checkpoint) that cannot run, a workdir holding a
+      run without ``resume`` or ``overwrite``, a resume whose config differs from the run's in
+      more than `workdir.RESUMABLE_FIELDS`, or a workdir another process is running in (it
+      holds ``.fedjaxscale.lock``). Nothing is written or deleted then.
   """
   workdir = pathlib.Path(workdir).resolve()
   check_config(config)  # before the lock: a bad config needs no workdir
@@ -483,6 +485,8 @@ class _Run:
     try:
       self.state, host, self.skipped_rounds = self.checkpointer.restore_latest(self.state)
     except CheckpointError as e:
+      self.checkpointer.close()
+      self.checkpointer = None
       raise ConfigError(f"--resume: {e}; start the run again with --overwrite") from None
     self.round = int(host["round"])
     self.wall_before = float(host["wall_s"])
