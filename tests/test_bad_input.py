@@ -617,7 +617,7 @@ BAD_VALUES = st.one_of(
 
 
 @hypothesis.settings(
-  max_examples=120, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+  max_examples=60, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
 )
 @hypothesis.given(bad=BAD_VALUES, fresh=st.booleans())
 def test_property_bad_values_are_refused_and_the_workdir_is_unchanged(run_copy, tmp_path, bad, fresh):

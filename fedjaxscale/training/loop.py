@@ -90,12 +90,11 @@ def train_and_evaluate(
         raise ConfigError(str(e)) from None
     run = _prepare(config, workdir, resume=resume, overwrite=overwrite, show_progress=show_progress)
   except BaseException:
-    if is_lead():
+    if lock is not None:  # only the holder cleans up: a refused second command touches nothing
       run_dir.remove_staged(workdir)
-      if lock is not None:
-        lock.release()
       if created:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)  # (the lock file with it, while still held)
+      lock.release()
     raise
   try:
     return run.run()

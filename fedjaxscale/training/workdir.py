@@ -77,7 +77,7 @@ class WorkdirLock:
       return
     try:
       self.path.unlink(missing_ok=True)  # while still locked: the next holder re-checks the inode
-    except OSError:
+    except OSError:  # gone with its directory
       pass
     os.close(self._fd)  # closing drops the flock
     self._fd = None
