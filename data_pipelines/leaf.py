@@ -40,6 +40,7 @@ import json
 import multiprocessing
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,7 +48,7 @@ import numpy as np
 from absl import app, flags
 
 from data_pipelines import _splits_io
-from data_pipelines.errors import ConversionError
+from data_pipelines.errors import ConversionError, ConversionWarning
 from fedjaxscale.data.dataset import FederatedDataset, write_dataset
 
 __all__ = [
@@ -88,8 +89,9 @@ def read_leaf_file(file: str) -> dict[str, Any]:
 
   Returns:
     The parsed object; ``users`` is a list of unique str, every one of them has a
-    ``user_data`` entry with equal-length, non-empty ``x`` and ``y`` lists matching
-    ``num_samples`` (when present).
+    ``user_data`` entry with equal-length, non-empty ``x`` and ``y`` lists. Where
+    ``num_samples`` disagrees with them (current LEAF's Shakespeare test split), a
+    `ConversionWarning` says so and ``user_data`` counts, as in LEAF's models.
 
   Raises:
     ConversionError: naming the file (and the user) for truncated or malformed JSON.
@@ -116,6 +118,7 @@ def read_leaf_file(file: str) -> dict[str, Any]:
   if num_samples is not None and (not isinstance(num_samples, list) or len(num_samples) != len(users)):
     raise ConversionError(f'{file}: "num_samples" must be a list as long as "users" ({len(users)})')
   seen = set()
+  disagree = []
   for i, user in enumerate(users):
     if not isinstance(user, str) or not user:
       raise ConversionError(f"{file}: users[{i}] is {user!r}; user ids are non-empty strings")
@@ -133,12 +136,19 @@ def read_leaf_file(file: str) -> dict[str, Any]:
     if n == 0:
       raise ConversionError(f"{file}: user {user!r} has no examples")
     if num_samples is not None and num_samples[i] != n:
-      raise ConversionError(
-        f"{file}: user {user!r}: num_samples says {num_samples[i]} but user_data holds {n} examples"
-      )
+      disagree.append(f"user {user!r}: num_samples says {num_samples[i]} but user_data holds {n} examples")
   extra = [u for u in user_data if u not in seen]
   if extra:
     raise ConversionError(f'{file}: user {extra[0]!r} has user_data but is not in "users"')
+  if disagree:
+    # Current LEAF's split_data.py writes each Shakespeare test user's num_samples 79 larger than
+    # the examples it keeps; LEAF's own models read user_data and ignore num_samples. So do we.
+    warnings.warn(
+      f"{file}: num_samples disagrees with user_data for {len(disagree)} of {len(users)} users (first: "
+      f"{disagree[0]}); converting the examples user_data holds, as LEAF's models do",
+      ConversionWarning,
+      stacklevel=2,
+    )
   return obj
 
 
@@ -161,6 +171,14 @@ def _int_labels(ys: list, where: str, num_classes: int | None) -> np.ndarray:
     arr = np.asarray(ys)
   except ValueError:
     arr = np.asarray(ys, dtype=object)
+  if arr.ndim == 1 and arr.dtype.kind == "f":
+    # FedProx's Synthetic(alpha, beta) files store labels as floats (4.0): whole numbers are labels.
+    whole = np.isfinite(arr) & (arr == np.round(arr))
+    if whole.all():
+      arr = arr.astype(np.int64)
+    else:
+      bad = int(np.flatnonzero(~whole)[0])
+      raise ConversionError(f"{where}: y[{bad}] = {ys[bad]!r}; labels must be integers (or whole-number floats)")
   if arr.ndim != 1 or arr.dtype.kind not in "iu":
     bad = next((i for i, v in enumerate(ys) if not isinstance(v, int) or isinstance(v, bool)), 0)
     raise ConversionError(f"{where}: y[{bad}] = {ys[bad]!r}; labels must be integers")

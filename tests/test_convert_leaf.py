@@ -202,7 +202,6 @@ def test_truncated_json_names_file_and_position(femnist_source, tmp_path, num_wo
       lambda o: o["user_data"]["a"].update(x=[], y=[]) or o["num_samples"].__setitem__(0, 0),
       r"user 'a' has no examples",
     ),
-    (lambda o: o["num_samples"].__setitem__(0, 7), r"user 'a': num_samples says 7"),
     (lambda o: o["user_data"]["a"]["x"][0].pop(), r"user 'a': x\[0\] has 783 values"),
     (lambda o: o["user_data"]["a"]["x"][0].__setitem__(3, 1.5), r"x\[0\] has pixel values"),
     (

@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
   c.algorithm.client_lr_decay_every = 10
   c.algorithm.client_lr_min = 5e-5
   c.system.overcommit = 1.3
+  c.system.overcommit_rounding = "floor"  # FedScale selects int(1.3 K) clients: 65 for K = 50
   c.system.availability_mode = "endpoints"
   c.system.mapping = "fedscale"
   c.eval_every = 10

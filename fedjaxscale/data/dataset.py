@@ -465,7 +465,7 @@ def write_dataset(
     "provenance": dict(provenance or {}),
   }
   try:
-    meta_text = json.dumps(meta, indent=2, default=_json_default) + "\n"
+    meta_text = json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
   except (TypeError, ValueError) as e:
     raise DatasetError(f"provenance is not JSON-serializable: {e}") from None
 

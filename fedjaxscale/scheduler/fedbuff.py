@@ -164,11 +164,15 @@ class AsyncPlanner:
       step_weights=1.0 / np.sqrt(1.0 + (v - sv)),
     )
 
-  def report(self, plan: AsyncPlan, mean_sq_losses) -> None:
+  def report(self, plan: AsyncPlan, mean_sq_losses, finite=None) -> None:
     """Feeds the accepted clients' losses (aligned with ``plan.accepted``)
-    back to the policy."""
+    back to the policy; ``finite`` (same alignment) False leaves a client
+    with a non-finite update out (default: those with a non-finite loss)."""
     ok = plan.status == Status.ACCEPTED
-    self.policy.update(plan.version, plan.clients[ok], mean_sq_losses, plan.finish[ok] - plan.start[ok])
+    losses = np.asarray(mean_sq_losses, np.float64).reshape(-1)
+    keep = np.isfinite(losses) if finite is None else np.asarray(finite, bool) & np.isfinite(losses)
+    clients, durations = plan.clients[ok], plan.finish[ok] - plan.start[ok]
+    self.policy.update(plan.version, clients[keep], losses[keep], durations[keep])
 
   # ------------------------------------------------------------------ events
 
@@ -212,22 +216,29 @@ class AsyncPlanner:
     if need <= 0:
       return
     av = self.traces.availability
-    clients = self.policy.select(self.rng, av, t, need, self.version, exclude=self._busy)
+    mode = self.config.availability_mode
+    # A client at the very end of its on-slot (window mode) would drop at
+    # once, at the same time, and could be picked again forever: it is not
+    # started, and another idle online client is drawn in its place, so
+    # max_concurrency clients stay in flight whenever enough are idle.
+    exclude = self._busy.copy()
+    chosen = []
+    while need > 0:
+      picks = self.policy.select(self.rng, av, t, need, self.version, exclude=exclude)
+      if picks.size == 0:
+        break
+      exclude[picks] = True
+      if mode == "window":
+        picks = picks[av.online_until(picks, t) > t]
+      chosen.append(picks)
+      need -= picks.size
+    clients = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
     if clients.size == 0:
       return
     lat = self.latency.latency(self.traces, clients, self.num_samples)
     finish = t + lat.total
-    mode = self.config.availability_mode
     if mode == "window":
       until = av.online_until(clients, t)
-      # A client at the very end of its on-slot would drop at once, at the
-      # same time, and could be picked again forever: do not start it.
-      live = until > t
-      if not live.all():
-        clients, until, finish = clients[live], until[live], finish[live]
-        lat = type(lat)(*(x[live] for x in lat))
-        if clients.size == 0:
-          return
       ok = finish <= until
       end = np.where(ok, finish, until)
     elif mode == "endpoints":

@@ -163,7 +163,7 @@ class SyncPlanner:
     message = ""
     if short:
       message = (
-        f"round {self.round}: {agg.size} of {k} updates aggregated "
+        f"round {self.round + 1}: {agg.size} of {k} updates aggregated "
         f"({clients.size} selected, {int(completes.sum())} finished"
         + (f", deadline {cfg.deadline_s}s" if cfg.deadline_s else "")
         + ")"
@@ -190,7 +190,7 @@ class SyncPlanner:
     self.round += 1
     return plan
 
-  def report(self, plan: SyncPlan, mean_sq_losses) -> None:
+  def report(self, plan: SyncPlan, mean_sq_losses, finite=None) -> None:
     """Feeds a round's training losses back to the policy (Oort).
 
     Args:
@@ -198,11 +198,16 @@ class SyncPlanner:
       mean_sq_losses: float ``[len(plan.aggregated)]``, per aggregated
         client (same order): mean over its trained examples of the squared
         per-example loss, from the engine.
+      finite: optional bool ``[len(plan.aggregated)]``: False for clients whose
+        update was non-finite (left out of the aggregate); they are left out of
+        the feedback too. Default: the clients whose loss is finite.
     """
+    losses = np.asarray(mean_sq_losses, np.float64).reshape(-1)
+    keep = np.isfinite(losses) if finite is None else np.asarray(finite, bool) & np.isfinite(losses)
     pos = {int(c): i for i, c in enumerate(plan.clients)}
     idx = np.array([pos[int(c)] for c in plan.aggregated], np.int64)
     durations = plan.finish[idx] - plan.start[idx] if idx.size else idx * 0.0
-    self.policy.update(plan.round, plan.aggregated, mean_sq_losses, durations)
+    self.policy.update(plan.round, plan.aggregated[keep], losses[keep], durations[keep])
 
   # ------------------------------------------------------------------ state
 

@@ -58,7 +58,7 @@ def save_traces(path: str | os.PathLike, traces: SystemTraces, metadata: dict | 
     offsets=np.asarray(offsets, np.int64),
     on_start_s=starts64.astype(dtype),
     on_duration_s=durations64.astype(dtype),
-    metadata=np.array(json.dumps(metadata or {})),
+    metadata=np.array(json.dumps(metadata or {}, allow_nan=False)),
   )
 
 

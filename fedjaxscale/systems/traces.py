@@ -37,8 +37,9 @@ class SystemTraces:
 
     Raises:
       TraceError: a speed that is NaN, infinite or <= 0, a bandwidth that is
-        not > 0, or arrays of different lengths; the message names ``source``
-        and the client.
+        not > 0 (both as the float32 values stored: 1e300 overflows, 1e-50
+        underflows), or arrays of different lengths; the message names
+        ``source`` and the client.
     """
     name = (lambda i: i) if client_names is None else (lambda i: client_names[i])
     arrays = {}
@@ -48,12 +49,18 @@ class SystemTraces:
         raise TraceError(
           source, None, f"{field} must be a non-empty 1-D array" if a.size == 0 else f"{field} must be 1-D"
         )
-      bad = ~np.isfinite(a) | (a <= 0)
+      # Checked as stored (float32): 1e300 would become inf there, and 1e-50 would become 0.
+      with np.errstate(over="ignore", under="ignore"):
+        stored = a.astype(np.float32)
+      bad = ~np.isfinite(stored) | (stored <= 0)
       if bad.any():
         i = int(np.flatnonzero(bad)[0])
         got = "NaN" if np.isnan(a[i]) else a[i]
-        raise TraceError(source, name(i), f"{field} must be finite and > 0, got {got}")
-      arrays[field] = a.astype(np.float32)
+        why = " (as float32)" if np.isfinite(a[i]) and a[i] > 0 else ""
+        raise TraceError(
+          source, name(i), f"{field} must be finite and > 0{why}, got {got}; float32 holds about 1.4e-45 to 3.4e38"
+        )
+      arrays[field] = stored
     sizes = {a.size for a in arrays.values()} | {availability.num_clients}
     if len(sizes) != 1:
       raise TraceError(

@@ -8,10 +8,14 @@ A checkpoint holds three items:
 * ``host_json``: the rest of that state (ints, floats, strings), as JSON.
 
 Saving is atomic (orbax writes a temporary directory and renames it), so a run killed at any
-moment resumes from its last complete checkpoint.
+moment resumes from its last complete checkpoint. A checkpoint damaged afterwards (a truncated
+file, a disk error) is skipped with a warning: `Checkpointer.restore_latest` falls back to the
+newest one that restores.
 """
 
 import pathlib
+import shutil
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,6 +65,10 @@ def merge_host_state(arrays: dict, rest: dict) -> dict:
   return out
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint of the directory restores; the message names the directory."""
+
+
 class Checkpointer:
   """Saves and restores a run's state every few rounds.
 
@@ -103,6 +111,48 @@ class Checkpointer:
     arrays = dict(restored.host_arrays)
     arrays.pop("_", None)
     return restored.server, merge_host_state(arrays, restored.host_json)
+
+  def restore_latest(self, server_target: Any) -> tuple[Any, dict, list[int]]:
+    """Restores the newest checkpoint that restores: ``(server_state, host_state, skipped)``.
+
+    Newer checkpoints that fail to restore are skipped with a warning and listed in ``skipped``
+    (newest first; `discard` removes them before the run saves those rounds again).
+
+    Raises:
+      CheckpointError: naming the directory, when there is no checkpoint or none restores.
+    """
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise CheckpointError(
+        f"{self.directory} holds no complete checkpoint (the run stopped before its first checkpoint)"
+      )
+    skipped, errors = [], []
+    for step in steps:
+      try:
+        server, host = self.restore(step, server_target)
+      except Exception as e:  # orbax and tensorstore raise many kinds for a damaged checkpoint
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        errors.append(f"round {step} ({reason})")
+        skipped.append(step)
+        continue
+      if skipped:
+        warnings.warn(
+          f"{self.directory}: the checkpoint(s) of round(s) {skipped} do not restore ({'; '.join(errors)}); "
+          f"resuming from round {step}",
+          RuntimeWarning,
+          stacklevel=2,
+        )
+      return server, host, skipped
+    raise CheckpointError(f"{self.directory}: no checkpoint restores: {'; '.join(errors)}")
+
+  def discard(self, rounds) -> None:
+    """Removes the checkpoints of ``rounds`` (damaged ones `restore_latest` skipped)."""
+    rounds = list(rounds)
+    if not rounds:
+      return
+    for step in rounds:
+      shutil.rmtree(self.directory / str(step), ignore_errors=True)
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

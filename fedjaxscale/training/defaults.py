@@ -63,13 +63,15 @@ def get_base() -> ml_collections.ConfigDict:
   c.system.selection = "random"  # 'random' among online clients, 'oort', or 'poisson' (see sampling_rate)
   c.system.sampling_rate = 0.0  # poisson: q, each online client joins a round with this probability, in (0, 1]
   c.system.overcommit = 1.3  # sync: select ceil(overcommit * K) clients
+  c.system.overcommit_rounding = "ceil"  # sync: 'ceil' of overcommit * K, or FedScale's 'floor' (its int())
   c.system.deadline_s = 0.0  # sync: aggregate whoever finishes by this many seconds (0: the first K)
-  c.system.availability_mode = "window"  # 'window' (online throughout) or 'endpoints' (FedScale's)
+  c.system.availability_mode = "window"  # 'window' (online throughout), 'endpoints' (FedScale's), 'start' (async only)
   c.system.stragglers = "drop"  # 'drop' late clients, or keep their 'partial' work (FedProx)
   c.system.backward_factor = 3.0  # compute time = samples x ms/sample x this
   c.system.compression = 1.0  # upload size = model size x this (a bare ratio; compression.encoder simulates one)
   c.system.max_concurrency = 100  # async: clients in flight
   c.system.max_staleness = 5  # async: discard updates staler than this
+  c.system.async_aggregation = "deltas"  # async: average client 'deltas' (FedBuff), or client 'models' (FedScale)
 
   c.privacy = ml_collections.ConfigDict()  # DP-FedAvg (McMahan et al. 2018), user level; sync rounds only
   c.privacy.enabled = False  # clip each client's update, add Gaussian noise, divide by the expected cohort

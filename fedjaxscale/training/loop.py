@@ -20,6 +20,7 @@ import math
 import pathlib
 import shutil
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -32,10 +33,11 @@ from fedjaxscale.engine import Aggregate, Evaluator
 from fedjaxscale.scheduler import Status
 from fedjaxscale.state import StoreError
 from fedjaxscale.training import client_states, compilation, outputs, plots
-from fedjaxscale.training.checkpoint import Checkpointer
-from fedjaxscale.training.distributed import is_lead
+from fedjaxscale.training import workdir as run_dir
+from fedjaxscale.training.checkpoint import Checkpointer, CheckpointError
+from fedjaxscale.training.distributed import barrier, is_lead
 from fedjaxscale.training.progress import Progress
-from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes
+from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes, reopen_data
 
 RUN_FILES = (
   "config.json",
@@ -72,11 +74,13 @@ def train_and_evaluate(
     The run's summary (also written to ``workdir/summary.json``).
 
   Raises:
-    ConfigError: a config that cannot run, or a workdir holding a run without ``resume`` or
-      ``overwrite``. Nothing is written then.
+    ConfigError: a config (or data, traces, checkpoint) that cannot run, a workdir holding a
+      run without ``resume`` or ``overwrite``, a resume whose config differs from the run's in
+      more than `workdir.RESUMABLE_FIELDS`, or a workdir another process is running in (it
+      holds ``.fedjaxscale.lock``). Nothing is written or deleted then.
   """
   workdir = pathlib.Path(workdir).resolve()
-  check_config(config)
+  check_config(config)  # before the lock: a bad config needs no workdir
   # Before anything compiles (JAX fixes the persistent cache at the process's first compilation)
   # and before a run is replaced.
   try:
@@ -85,26 +89,105 @@ def train_and_evaluate(
     raise ConfigError(
       f"config.engine.compilation_cache_dir: cannot use {e.filename or ''} as a cache: {e.strerror}"
     ) from e
+  created = not workdir.exists()
+  lock = None
+  try:
+    if is_lead():  # one lock per run, taken by the process that writes
+      workdir.mkdir(parents=True, exist_ok=True)
+      lock = run_dir.WorkdirLock(workdir)
+      try:
+        lock.acquire()
+      except run_dir.WorkdirBusy as e:
+        lock = None
+        raise ConfigError(str(e)) from None
+    run = _prepare(config, workdir, resume=resume, overwrite=overwrite, show_progress=show_progress, cache=cache)
+  except BaseException:
+    if lock is not None:  # only the holder cleans up: a refused second command touches nothing
+      run_dir.remove_staged(workdir)
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)  # (the lock file with it, while still held)
+      lock.release()
+    raise
+  try:
+    return run.run()
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _prepare(
+  config, workdir: pathlib.Path, *, resume: bool, overwrite: bool, show_progress: bool, cache: dict | None = None
+) -> "_Run":
+  """Checks everything (config, data, traces, the checkpoint to resume), and only then touches
+  the workdir: removes the run being overwritten and puts newly generated data in place."""
   existing = holds_run(workdir)
   if existing and not (resume or overwrite):
     raise ConfigError(f"{workdir} already holds a run; pass --resume to continue it or --overwrite to replace it")
   if resume and not existing:
     raise ConfigError(f"--resume: {workdir} holds no run to resume")
-  created = not workdir.exists()
-  if overwrite and existing and not resume:
-    for name in RUN_FILES:
-      path = workdir / name
-      shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-  new_data = not (workdir / "data").exists()
+  if resume:
+    run_dir.check_resume_config(json.loads(config.to_json_best_effort()), workdir, ConfigError)
+  parts = build(config, workdir, resume=resume)
+  run = _Run(
+    config, workdir, parts, resume, show_progress, cache
+  )  # restores (and checks) the checkpoint; writes nothing
   try:
-    parts = build(config, workdir)
-  except ConfigError:
-    if created:
-      shutil.rmtree(workdir, ignore_errors=True)
-    elif new_data:
-      shutil.rmtree(workdir / "data", ignore_errors=True)
+    if resume and is_lead():
+      try:
+        outputs.check_resumable(workdir, run.round)
+      except ValueError as e:
+        raise ConfigError(f"--resume: {e}; start the run again with --overwrite") from None
+    _commit(workdir, parts, resume=resume, overwrite=overwrite, existing=existing)
+    run.start_writing()
+  except BaseException:
+    run.close()
     raise
-  return _Run(config, workdir, parts, resume, show_progress, cache).run()
+  return run
+
+
+def _commit(workdir: pathlib.Path, parts: RunParts, *, resume: bool, overwrite: bool, existing: bool) -> None:
+  if is_lead():
+    if overwrite and existing and not resume:
+      for name in RUN_FILES:
+        path = workdir / name
+        if name == "data" and not parts.staged:
+          continue  # the old run's data matches the new config: keep it
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    run_dir.commit_data(workdir)
+  if parts.staged:
+    barrier("fedjaxscale:data-committed")
+    parts.train, parts.test = reopen_data(workdir)
+
+
+def to_model_space(aggregate: Aggregate, start_params) -> Aggregate:
+  """FedScale's FedBuff averages client models, not deltas. A delta is ``start - client``, so the
+  client model is ``start - delta``; the buffer holds ``sum w (delta - start)`` (a sum of negated
+  models) until its step, where `from_model_space` adds ``W * current``: the server's
+  ``current - sum / W`` (SGD at lr 1) is then the weighted mean of the client models."""
+  w = aggregate.weight_sum
+  return aggregate._replace(
+    update_sum=jax.tree.map(lambda u, p: u - w.astype(u.dtype) * p, aggregate.update_sum, start_params)
+  )
+
+
+def from_model_space(buffer: Aggregate, current_params) -> Aggregate:
+  """The buffer of `to_model_space` as deltas from the current server model."""
+  w = buffer.weight_sum
+  return buffer._replace(
+    update_sum=jax.tree.map(lambda u, p: u + w.astype(u.dtype) * p, buffer.update_sum, current_params)
+  )
+
+
+def timeline_ends(plan) -> np.ndarray:
+  """A sync plan's upload/finish column: the planned finish, or for ``dropped`` rows the time the
+  client went offline. (A straggler that goes offline after the round ended keeps its planned
+  finish: it left when it was no longer waited for.)"""
+  dropped = plan.status == Status.DROPPED
+  return np.where(dropped, np.minimum(plan.finish, plan.drop_time), plan.finish)
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact))
 
 
 def cohort_sizes(config) -> tuple[range, int]:
@@ -144,7 +227,8 @@ class _Run:
     self.personal = None
     if config.eval_personal and parts.test is not None:
       self.personal = client_states.PersonalEvaluation(config, parts)
-    self.checkpointer = Checkpointer(workdir / "checkpoints")
+    self.checkpointer = None  # opened by start_writing (or _restore), after an overwritten run is gone
+    self.skipped_rounds: list[int] = []  # newer checkpoints that did not restore
     self.round = 0
     self.wall_before = 0.0
     self.clients_trained = 0
@@ -160,16 +244,27 @@ class _Run:
     )
     self.privacy = parts.privacy  # the DP ledger (None without DP)
     self.up_bytes = math.ceil(parts.upload_bits / 8) if parts.upload_bits else model_bytes(parts.num_params)
+    self.resume, self.show_progress = resume, show_progress
+    self.lead = is_lead()  # in multi-process runs only process 0 writes files
+    self.writer = self.progress = None
+    self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
+    self._warned_nonfinite = self._warned_diverged = False
     if resume:
       self._restore()
-    self.lead = lead = is_lead()  # in multi-process runs only process 0 writes files
-    self.writer = outputs.RunWriter(workdir, enabled=lead, resume_round=self.round if resume else None)
-    if not resume:
+
+  def start_writing(self) -> None:
+    """Opens the outputs (a fresh run's config and availability; a resumed run's files cut back
+    to its checkpoint): the first write of the command, after every check has passed."""
+    config, lead = self.config, self.lead
+    if self.checkpointer is None:
+      self.checkpointer = Checkpointer(self.workdir / "checkpoints")
+    self.checkpointer.discard(self.skipped_rounds)
+    self.writer = outputs.RunWriter(self.workdir, enabled=lead, resume_round=self.round if self.resume else None)
+    if not self.resume:
       self.writer.write_config(json.loads(config.to_json_best_effort()))
       hours, counts = self._availability()
       self.writer.write_availability(hours, counts)
-    self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if show_progress else None
-    self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
+    self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if self.show_progress else None
 
   # -- the loop ---------------------------------------------------------------------------------
 
@@ -183,7 +278,12 @@ class _Run:
         record["round"] = self.round
         record["wall_s"] = self.wall_before + time.perf_counter() - start
         if config.eval_every and (self.round % config.eval_every == 0 or self.round == config.rounds):
-          if self.p.test is not None:
+          diverged = not _all_finite(self.state.params)
+          if diverged:  # a non-finite model's "accuracy" is an artefact of argmax over NaNs
+            self._warn_diverged()
+            if self.p.test is not None:
+              record["eval"] = {"accuracy": None, "loss": None, "diverged": True}
+          elif self.p.test is not None:
             tic = time.perf_counter()
             record["eval"] = self.evaluator(self.state.params, self.p.test).summary()
             if self.personal is not None:  # each client's own model, next to the global one
@@ -191,7 +291,12 @@ class _Run:
               key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), 2**31 - 1)
               record["eval_personal"] = self.personal(self.state, self.client_states, key, self.round)
             self.timings["eval"] = time.perf_counter() - tic
-          if config.eval_train:  # the global objective: the model's loss on every client's training data
+            if not np.isfinite(record["eval"].get("loss", 0.0)):  # finite but overflowing parameters
+              self._warn_diverged()
+              record["eval"] = {"accuracy": None, "loss": None, "diverged": True}
+          if (
+            config.eval_train and not diverged
+          ):  # the global objective: the model's loss on every client's training data
             tic = time.perf_counter()
             record["eval_train"] = self.evaluator(self.state.params, self.p.train).metrics
             self.timings["eval"] += time.perf_counter() - tic
@@ -225,7 +330,12 @@ class _Run:
     finally:
       if self.progress is not None:
         self.progress.close()
+      self.close()
+
+  def close(self) -> None:
+    if self.writer is not None:
       self.writer.close()
+    if self.checkpointer is not None:
       self.checkpointer.close()
 
   def _sync_round(self):
@@ -265,14 +375,21 @@ class _Run:
       else:
         self.state, diagnostics = self.client_states.apply(self.state, cohort, members, key)
       self._tick("engine", tic)
-      p.planner.report(plan, diagnostics["client_loss_sq"][: len(plan.aggregated)])
+      n = len(plan.aggregated)
+      finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
+      # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
+      p.planner.report(plan, diagnostics["client_loss_sq"][:n], finite=finite)
+      loss = diagnostics["train_loss"]
+      no_loss = diagnostics["num_nonfinite"] == len(members) or not np.isfinite(loss)
       record.update(
-        train_loss=diagnostics["train_loss"],
+        train_loss=None if no_loss else loss,
         nonfinite=diagnostics["num_nonfinite"],
         padding_efficiency=diagnostics["padding_efficiency"],
       )
       if "states_stored" in diagnostics:  # stateful algorithms: clients holding a state so far
         record["states_stored"] = diagnostics["states_stored"]
+      if no_loss:
+        self._warn_nonfinite(len(members), diagnostics["num_nonfinite"])
       self.clients_trained += len(members)
       for key in ("clip_norm", "clipped_fraction", "noise_std"):
         if key in diagnostics:
@@ -283,7 +400,7 @@ class _Run:
     if self.privacy is not None:  # every round is a release (an empty one too), accounted as the run sampled it
       pool = 0 if self.privacy.poisson else int(p.traces.availability.online_mask(plan.start_time).sum())
       record["epsilon"] = self.privacy.record_round(pool, plan.clients, members)
-    ended = np.minimum(plan.finish, plan.drop_time)  # the upload's end, or when the client went offline
+    ended = timeline_ends(plan)
     self.writer.write_timeline(
       self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
     )
@@ -301,6 +418,7 @@ class _Run:
       raise RuntimeError(f"async plan for model version {plan.version}, server is at {self.round}")
     accepted = plan.status == Status.ACCEPTED
     losses = np.zeros(int(accepted.sum()))
+    finite = np.ones(int(accepted.sum()), bool)
     train_loss, trained = [], 0
     for step in np.unique(plan.arrival_step[accepted]):
       group = accepted & (plan.arrival_step == step)
@@ -312,21 +430,32 @@ class _Run:
         self.algorithm.client_program, Shared(self.state.params, self.state.round), cohort, key
       )
       self._tick("engine", tic)
+      if self.config.system.async_aggregation == "models":
+        aggregate = to_model_space(aggregate, self.state.params)
       self.pending[int(step)] = (
         aggregate if int(step) not in self.pending else jax.tree.map(jnp.add, self.pending[int(step)], aggregate)
       )
       losses[np.flatnonzero(group[accepted])] = per_client["loss_sq"]
+      finite[np.flatnonzero(group[accepted])] = ~per_client["nonfinite"]
       ok = ~per_client["nonfinite"]
       train_loss.append(np.sum(per_client["loss"][ok] * per_client["examples_trained"][ok]))
       trained += float(np.sum(per_client["examples_trained"][ok]))
       self.clients_trained += int(group.sum())
-    p.planner.report(plan, losses)
+    p.planner.report(plan, losses, finite=finite)
+    nonfinite = int((~finite).sum())
+    mean_loss = float(sum(train_loss) / trained) if trained else None
+    if mean_loss is not None and not np.isfinite(mean_loss):
+      mean_loss = None
+    if accepted.any() and mean_loss is None:
+      self._warn_nonfinite(int(accepted.sum()), nonfinite)
     buffer = self.pending.pop(plan.version, None)
     tic = time.perf_counter()
     if buffer is None:
       self.state = self.state._replace(round=self.state.round + 1)
     else:
       # Not waited for: the next step's planning and gathering overlap it on the host.
+      if self.config.system.async_aggregation == "models":
+        buffer = from_model_space(buffer, self.state.params)
       self.state = self.algorithm.server_update(self.state, buffer)
     self._tick("engine", tic)
     # An async plan's finish is the arrival time, or for dropped clients the time they left.
@@ -351,7 +480,8 @@ class _Run:
       "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
       "bytes_up": self.up_bytes * int(accepted.sum() + np.sum(plan.status == Status.DISCARDED)),
       "trained": int(accepted.sum()),
-      "train_loss": float(sum(train_loss) / max(trained, 1.0)),
+      "train_loss": mean_loss,
+      "nonfinite": nonfinite,
     }
     return record, (plan.finish - plan.start)[accepted]
 
@@ -374,6 +504,27 @@ class _Run:
         **{k: now[k] - start[k] for k in now},
       },
     }
+
+  def _warn_nonfinite(self, trained: int, nonfinite: int) -> None:
+    if not self._warned_nonfinite:
+      self._warned_nonfinite = True
+      warnings.warn(
+        f"round {self.round + 1}: none of the {trained} trained clients gave a finite loss ({nonfinite} non-finite "
+        "updates were left out of the aggregate); such rounds report train_loss null and are counted in "
+        "summary.json's nonfinite_rounds (a smaller algorithm.client_lr usually helps)",
+        RuntimeWarning,
+        stacklevel=2,
+      )
+
+  def _warn_diverged(self) -> None:
+    if not self._warned_diverged:
+      self._warned_diverged = True
+      warnings.warn(
+        f"round {self.round}: the global model diverged (non-finite parameters or test loss); its accuracy is not "
+        "reported (eval.diverged true, summary.json's diverged_round)",
+        RuntimeWarning,
+        stacklevel=2,
+      )
 
   def _tick(self, phase: str, since: float) -> float:
     now = time.perf_counter()
@@ -424,10 +575,19 @@ class _Run:
     self.checkpointer.save(self.round, self.state, host)
 
   def _restore(self) -> None:
-    latest = self.checkpointer.latest_round()
-    if latest is None:
-      raise ConfigError(f"--resume: {self.workdir / 'checkpoints'} holds no complete checkpoint")
-    self.state, host = self.checkpointer.restore(latest, self.state)
+    directory = self.workdir / "checkpoints"
+    if not directory.is_dir():
+      raise ConfigError(
+        f"--resume: {directory} does not exist (the run stopped before its first checkpoint); "
+        "start it again with --overwrite"
+      )
+    self.checkpointer = Checkpointer(directory)
+    try:
+      self.state, host, self.skipped_rounds = self.checkpointer.restore_latest(self.state)
+    except CheckpointError as e:
+      self.checkpointer.close()
+      self.checkpointer = None
+      raise ConfigError(f"--resume: {e}; start the run again with --overwrite") from None
     self.round = int(host["round"])
     self.wall_before = float(host["wall_s"])
     self.clients_trained = int(host["clients_trained"])

@@ -23,8 +23,11 @@ The workdir layout (the contract; readers ignore keys and files they do not know
     its own model (Ditto's personal model, or the global model fine-tuned on its data).
   - ``states_stored`` (stateful algorithms): clients holding a state in the store so far.
 
-  More keys may appear. Non-finite floats are written as ``NaN``/``Infinity`` (Python's
-  ``json`` reads them back).
+  - ``nonfinite``: clients whose update was non-finite and left out of the aggregate; in a round
+    where every trained client was non-finite ``train_loss`` is ``null``.
+
+  More keys may appear. Every JSON file is strict JSON: a non-finite float is written as
+  ``null`` (never a bare ``NaN`` or ``Infinity``).
 - ``timeline.csv``: header ``round,client,status,start,download,compute,upload,finish``; one
   row per selected client per round. ``status`` is one of ``aggregated``, ``straggler``,
   ``dropped`` (synchronous rounds), ``accepted``, ``discarded`` (asynchronous). Times are
@@ -40,9 +43,11 @@ The workdir layout (the contract; readers ignore keys and files they do not know
   ``Train/client_duration`` (the round's client durations in simulated seconds), step = round.
 - ``summary.json``: written at the end (`summarize`): rounds, simulated hours, wall seconds,
   clients trained per wall second, best and final accuracy, and the simulated hours and round
-  at which the target accuracy was first reached (``null`` if it was not); DP runs add
-  ``final_epsilon`` and a ``privacy`` block (epsilon, delta, accountant, sampling, the realized
-  per-client participation rates and ``guarantee``: what the epsilon is, and under which assumption).
+  at which the target accuracy was first reached (``null`` if it was not), and the non-finite
+  client updates left out (``nonfinite_clients``, ``nonfinite_rounds``: rounds with no finite one);
+  DP runs add ``final_epsilon`` and a ``privacy`` block (epsilon, delta, accountant, sampling, the
+  realized per-client participation rates and ``guarantee``: what the epsilon is, and under which
+  assumption).
 - ``plots/``: PNGs (`fedjaxscale.training.plots.make_plots`).
 
 Crash safety and resume: every round's metrics line, timeline rows and TensorBoard events are
@@ -140,9 +145,11 @@ class RunWriter:
     if resume_round is not None and (int(resume_round) != resume_round or resume_round < 0):
       raise ValueError(f"resume_round must be an int >= 0, got {resume_round!r}")
     self.workdir.mkdir(parents=True, exist_ok=True)
-    (self.workdir / SUMMARY).unlink(missing_ok=True)
     metrics, timeline = self.workdir / METRICS, self.workdir / TIMELINE
     tb_dir = self.workdir / TENSORBOARD
+    if resume_round is not None:
+      check_resumable(self.workdir, int(resume_round))  # before anything is changed
+    (self.workdir / SUMMARY).unlink(missing_ok=True)
     if resume_round is None:
       metrics.write_text("")
       timeline.write_text(TIMELINE_HEADER + "\n")
@@ -197,7 +204,7 @@ class RunWriter:
     r = record.get("round")
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r <= self._last_round:
       raise ValueError(f'record needs an int "round" > {self._last_round} (the last written), got {r!r}')
-    self._metrics.write(json.dumps(record, default=_json_default) + "\n")
+    self._metrics.write(json.dumps(strict_json(record), default=_json_default, allow_nan=False) + "\n")
     self._metrics.flush()
     self._last_round = int(r)
     if self._events is not None:
@@ -301,6 +308,38 @@ class RunWriter:
     self._events.flush()
 
 
+def check_resumable(workdir, last_round: int) -> None:
+  """Raises ValueError (naming the file) unless the outputs can be cut back to ``last_round``:
+  ``metrics.jsonl`` readable and reaching it, ``timeline.csv`` with its header. Changes nothing."""
+  workdir = pathlib.Path(workdir)
+  path = workdir / METRICS
+  records = read_metrics(workdir) if path.exists() else []
+  have = records[-1]["round"] if records else 0
+  if have < last_round:
+    raise ValueError(
+      f"{path} ends at round {have}, but the run resumes after round {last_round}: "
+      "a round's outputs must be written before its checkpoint is saved"
+    )
+  timeline = workdir / TIMELINE
+  if timeline.exists() and timeline.read_text(encoding="utf-8").strip():
+    first = timeline.read_text(encoding="utf-8").split("\n", 1)[0]
+    if first.strip() != TIMELINE_HEADER:
+      raise ValueError(f"{timeline}:1: expected the header {TIMELINE_HEADER!r}")
+
+
+def strict_json(obj):
+  """``obj`` with every non-finite float (NumPy's too) replaced by None: strict JSON."""
+  if isinstance(obj, dict):
+    return {k: strict_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(v) for v in obj]
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.ndarray):
+    return strict_json(obj.tolist())
+  return obj
+
+
 def read_metrics(workdir) -> list[dict]:
   """Reads ``metrics.jsonl`` as a list of per-round dicts.
 
@@ -402,6 +441,7 @@ def summarize(
   if target_accuracy is not None:
     reached = next((r for r, ev in evals if ev["accuracy"] >= target_accuracy), None)
   train = [r["train_loss"] for r in records if _finite(r.get("train_loss"))]
+  nonfinite_rounds = sum(1 for r in records if (r.get("trained") or 0) > 0 and r.get("train_loss", 0) is None)
   return {
     "rounds": int(last.get("round", 0)),
     "simulated_hours": float(last.get("clock_s", 0.0)) / 3600.0,
@@ -420,6 +460,11 @@ def summarize(
     "bytes_down": int(sum(r.get("bytes_down") or 0 for r in records)),
     "bytes_up": int(sum(r.get("bytes_up") or 0 for r in records)),
     **({"final_epsilon": last["epsilon"]} if "epsilon" in last else {}),
+    "nonfinite_clients": int(sum(r.get("nonfinite") or 0 for r in records)),
+    "nonfinite_rounds": int(nonfinite_rounds),
+    "diverged_round": next(
+      (r["round"] for r in records if isinstance(r.get("eval"), dict) and r["eval"].get("diverged")), None
+    ),
   }
 
 
@@ -437,9 +482,9 @@ def _fmt(x) -> str:
 
 def _json_default(o: Any):
   if isinstance(o, np.generic):
-    return o.item()
+    return strict_json(o.item())
   if hasattr(o, "__array__"):  # NumPy (or JAX, already on the host) arrays
-    return np.asarray(o).tolist()
+    return strict_json(np.asarray(o).tolist())
   raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
@@ -457,7 +502,7 @@ def _write_text_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def _write_json_atomic(path: pathlib.Path, obj, *, default) -> None:
-  _write_text_atomic(path, json.dumps(obj, indent=2, default=default) + "\n")
+  _write_text_atomic(path, json.dumps(strict_json(obj), indent=2, default=default, allow_nan=False) + "\n")
 
 
 def _lines(path: pathlib.Path) -> Iterator[tuple[int, str, bool]]:

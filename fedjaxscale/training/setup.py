@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import re
+import warnings
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import optax
 from fedjaxscale import algorithms, models
 from fedjaxscale.algorithms import dp, encoders, secagg
 from fedjaxscale.data import DatasetError, FederatedDataset, steps_for, write_synthetic
+from fedjaxscale.data.synthetic import synthetic_client_sizes
 from fedjaxscale.engine import Engine
 from fedjaxscale.scheduler import AsyncConfig, AsyncPlanner, OortSelection, PoissonSelection, SyncConfig, SyncPlanner
 from fedjaxscale.state import StoreTooLarge
@@ -35,6 +37,7 @@ from fedjaxscale.systems import (
 )
 from fedjaxscale.training import client_states
 from fedjaxscale.training import privacy as privacy_lib
+from fedjaxscale.training import workdir as run_dir
 from fedjaxscale.training.distributed import barrier, is_lead
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -49,6 +52,8 @@ MODELS = (
   "shakespeare_seq_lstm",
   "stackoverflow_lstm",
 )
+SYNTHETIC_MIN_SIZE = inspect.signature(synthetic_client_sizes).parameters["min_size"].default
+SEQUENCE_MODELS = ("shakespeare_lstm", "shakespeare_seq_lstm", "stackoverflow_lstm")
 
 
 class ConfigError(ValueError):
@@ -71,6 +76,7 @@ class RunParts:
   num_params: int
   upload_bits: int = 0  # bits a client uploads (the encoder's exact size); 0: float32 model x system.compression
   privacy: privacy_lib.RunPrivacy | None = None  # the DP ledger, when config.privacy.enabled
+  staged: bool = False  # Synthetic data generated into workdir/.data.staged, awaiting commit_data
 
 
 def _require(ok: bool, field: str, message: str):
@@ -95,67 +101,178 @@ def _unknown_fields(config, base, prefix=""):
       yield from _unknown_fields(config[key], base[key], f"{prefix}{key}.")
 
 
+def _missing_fields(config, base, prefix=""):
+  for key in base.keys():
+    if key not in config:
+      yield prefix + key
+    elif hasattr(base[key], "keys"):
+      if not hasattr(config[key], "keys"):
+        yield prefix + key
+      else:
+        yield from _missing_fields(config[key], base[key], f"{prefix}{key}.")
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _int(config, field: str, low: int, high: int | None = None, note: str = ""):
+  v = _get(config, field)
+  _require(_is_int(v), field, f"must be an int, got {v!r} ({type(v).__name__})")
+  hint = f" {note}" if note else ""
+  _require(v >= low, field, f"must be >= {low}{hint}, got {v}")
+  if high is not None:
+    _require(v <= high, field, f"must be <= {high}{hint}, got {v}")
+
+
+def _real(config, field: str, low: float, high: float | None = None, *, low_open=False, high_open=False, note=""):
+  """A finite number in [low, high] (open ends where asked)."""
+  v = _get(config, field)
+  _require(_is_real(v), field, f"must be a number, got {v!r} ({type(v).__name__})")
+  _require(bool(np.isfinite(v)), field, f"must be finite, got {v}")
+  lo, hi = ("(" if low_open else "["), ("" if high is None else (")" if high_open else "]"))
+  span = f"in {lo}{low:g}, {high:g}{hi}" if high is not None else (f"> {low:g}" if low_open else f">= {low:g}")
+  hint = f" {note}" if note else ""
+  ok = (v > low if low_open else v >= low) and (high is None or (v < high if high_open else v <= high))
+  _require(ok, field, f"must be {span}{hint}, got {v}")
+
+
+def _choice(config, field: str, choices: tuple, what: str = "value"):
+  v = _get(config, field)
+  _require(isinstance(v, str) and v in choices, field, f"unknown {what} {v!r}; expected one of {choices}")
+
+
+def _bool(config, field: str):
+  v = _get(config, field)
+  _require(isinstance(v, (bool, np.bool_)), field, f"must be True or False, got {v!r}")
+
+
 def check_config(config) -> None:
-  """Checks values that need no data: raises ``ConfigError`` naming the field."""
+  """Checks values that need no data: raises ``ConfigError`` naming the field.
+
+  Every field of `fedjaxscale.training.defaults.get_base` is checked for its type and range, so a
+  value that would only fail mid-run (or, worse, run and give nonsense: a learning rate of NaN, a
+  deadline of inf, beta1 = 1.5) is refused before anything is written.
+  """
   from fedjaxscale.training.defaults import get_base  # the schema: every field a config may have
 
-  unknown = sorted(_unknown_fields(config, get_base()))
+  base = get_base()
+  unknown = sorted(_unknown_fields(config, base))
   _require(not unknown, unknown[0] if unknown else "", "is not a known field (see fedjaxscale/training/defaults.py)")
-  _require(config.rounds >= 1, "rounds", f"must be >= 1, got {config.rounds}")
-  _require(config.clients_per_round >= 1, "clients_per_round", f"must be >= 1, got {config.clients_per_round}")
-  _require(config.local.batch_size >= 1, "local.batch_size", f"must be >= 1, got {config.local.batch_size}")
+  missing = sorted(_missing_fields(config, base))
+  _require(not missing, missing[0] if missing else "", "is missing (every field of defaults.get_base() is needed)")
+  _int(config, "seed", 0, 2**63 - 1)
+  _int(config, "rounds", 1)
+  _int(config, "clients_per_round", 1)
+  _int(config, "local.batch_size", 1)
+  _int(config, "local.local_steps", 0)
+  _real(config, "local.local_epochs", 0.0)
   _require(
     (config.local.local_steps > 0) != (config.local.local_epochs > 0),
     "local",
     f"set exactly one of local_steps and local_epochs above 0, got local_steps={config.local.local_steps}, "
     f"local_epochs={config.local.local_epochs}",
   )
-  _require(config.local.local_steps >= 0 and config.local.local_epochs >= 0, "local", "must not be negative")
-  _require(
-    config.algorithm.name in ALGORITHMS,
-    "algorithm.name",
-    f"unknown algorithm {config.algorithm.name!r}; expected one of {ALGORITHMS}",
-  )
-  _require(config.model.name in MODELS, "model.name", f"unknown model {config.model.name!r}; expected one of {MODELS}")
-  _require(config.algorithm.client_lr > 0, "algorithm.client_lr", f"must be > 0, got {config.algorithm.client_lr}")
-  _require(
-    config.data.kind in ("synthetic", "directory"),
-    "data.kind",
-    f"must be 'synthetic' or 'directory', got {config.data.kind!r}",
-  )
+  _choice(config, "algorithm.name", ALGORITHMS, "algorithm")
+  _choice(config, "model.name", MODELS, "model")
+  _choice(config, "algorithm.weighting", ("num_examples", "uniform"))
+  a = "algorithm."
+  _real(config, a + "client_lr", 0.0, low_open=True)
+  _real(config, a + "client_momentum", 0.0, 1.0, high_open=True)
+  _real(config, a + "client_lr_decay", 0.0, 1.0, low_open=True)
+  _int(config, a + "client_lr_decay_every", 1)
+  _real(config, a + "client_lr_min", 0.0)
+  _real(config, a + "server_lr", 0.0, low_open=True)
+  _real(config, a + "server_momentum", 0.0, 1.0, high_open=True)
+  _real(config, a + "mu", 0.0)
+  _real(config, a + "beta1", 0.0, 1.0, high_open=True)
+  _real(config, a + "beta2", 0.0, 1.0, high_open=True)
+  _real(config, a + "tau", 0.0, low_open=True)
+  _real(config, a + "initial_v", 0.0)
+  m = "model."
+  _int(config, m + "num_classes", 1)
+  _int(config, m + "dense", 1)
+  _int(config, m + "vocab_size", 0, note="(0: the model's default)")
+  _int(config, m + "embed_dim", 0, note="(0: the model's default)")
+  _int(config, m + "width", 1)
+  _int(config, m + "groups", 1)
+  for field in ("hidden", "lstm_sizes"):
+    v = config.model[field]
+    _require(
+      isinstance(v, (tuple, list)) and all(_is_int(h) and h >= 1 for h in v),
+      m + field,
+      f"must be a tuple of ints >= 1, got {v!r}",
+    )
+  _choice(config, "data.kind", ("synthetic", "directory"))
+  _require(isinstance(config.data.path, str), "data.path", f"must be a str, got {config.data.path!r}")
   if config.data.kind == "directory":
     _require(bool(config.data.path), "data.path", "is required when data.kind is 'directory'")
     root = resolve_path(config.data.path)
     _require(root.is_dir(), "data.path", f"{root} does not exist or is not a directory")
     _require((root / "train" / "meta.json").exists(), "data.path", f"{root} holds no train/ split (train/meta.json)")
   else:
-    _require(config.data.num_clients >= 1, "data.num_clients", f"must be >= 1, got {config.data.num_clients}")
+    _int(config, "data.num_clients", 1)
+    _real(config, "data.alpha", 0.0)
+    _real(config, "data.beta", 0.0)
+    _bool(config, "data.iid")
+    _int(config, "data.max_size", 0, note="(0: none)")
+    _require(
+      config.data.max_size == 0 or config.data.max_size >= SYNTHETIC_MIN_SIZE,
+      "data.max_size",
+      f"must be 0 (no cap) or >= {SYNTHETIC_MIN_SIZE} (every Synthetic client has at least that many examples), "
+      f"got {config.data.max_size}",
+    )
+    _int(config, "data.seed", 0, 2**63 - 1)
     _require(
       config.clients_per_round <= config.data.num_clients,
       "clients_per_round",
       f"{config.clients_per_round} is more than the population ({config.data.num_clients} clients)",
     )
-  s = config.system
-  _require(s.mode in ("sync", "async"), "system.mode", f"must be 'sync' or 'async', got {s.mode!r}")
-  _require(
-    s.selection in ("random", "oort", "poisson"),
-    "system.selection",
-    f"must be 'random', 'oort' or 'poisson', got {s.selection!r}",
-  )
+  s = "system."
+  _require(isinstance(config.system.traces, str), s + "traces", f"must be a str, got {config.system.traces!r}")
+  _bool(config, s + "always_online")
+  _choice(config, s + "mapping", ("modulo", "fedscale", "identity"))
+  _choice(config, s + "mode", ("sync", "async"))
+  _choice(config, s + "selection", ("random", "oort", "poisson"))
   _check_privacy(config)
-  _require(
-    s.stragglers in ("drop", "partial"), "system.stragglers", f"must be 'drop' or 'partial', got {s.stragglers!r}"
-  )
-  _require(s.overcommit >= 1.0, "system.overcommit", f"must be >= 1, got {s.overcommit}")
-  _require(s.deadline_s >= 0, "system.deadline_s", f"must be >= 0 (0: no deadline), got {s.deadline_s}")
-  if s.traces:
-    p = resolve_path(s.traces)
-    _require(p.exists(), "system.traces", f"{p} does not exist")
-  _require(config.eval_every >= 0, "eval_every", f"must be >= 0, got {config.eval_every}")
-  _require(config.checkpoint_every >= 0, "checkpoint_every", f"must be >= 0, got {config.checkpoint_every}")
-  _require(
-    config.engine.backend in ("vmap", "loop", "debug"), "engine.backend", f"unknown backend {config.engine.backend!r}"
-  )
+  _choice(config, s + "stragglers", ("drop", "partial"))
+  modes = ("window", "start", "endpoints") if config.system.mode == "async" else ("window", "endpoints")
+  _choice(config, s + "availability_mode", modes, f"{config.system.mode} availability mode")
+  _real(config, s + "overcommit", 1.0)
+  _choice(config, s + "overcommit_rounding", ("ceil", "floor"))
+  _choice(config, s + "async_aggregation", ("deltas", "models"))
+  _real(config, s + "deadline_s", 0.0, note="(0: no deadline)")
+  _real(config, s + "backward_factor", 0.0, low_open=True)
+  _real(config, s + "compression", 0.0, 1.0, low_open=True, note="(the uploaded fraction of the update)")
+  _int(config, s + "max_concurrency", 1)
+  _int(config, s + "max_staleness", 0)
+  if config.system.traces:
+    p = resolve_path(config.system.traces)
+    _require(p.exists(), s + "traces", f"{p} does not exist")
+  if config.system.mode == "async":
+    _require(
+      config.system.max_concurrency >= config.clients_per_round,
+      s + "max_concurrency",
+      f"{config.system.max_concurrency} clients in flight cannot fill a buffer of {config.clients_per_round}",
+    )
+  _int(config, "eval_every", 0, note="(0: never)")
+  _int(config, "eval_batch_size", 1)
+  _bool(config, "eval_train")
+  _real(config, "target_accuracy", 0.0, 1.0, note="(0: none)")
+  _int(config, "checkpoint_every", 0, note="(0: none)")
+  _choice(config, "engine.backend", ("vmap", "loop", "debug"), "backend")
+  _int(config, "engine.max_clients_per_chunk", 0, note="(0: as many as the memory budget allows)")
   _require(
     parse_strategy(config.engine.strategy) is not None,
     "engine.strategy",
@@ -240,29 +357,50 @@ def _check_privacy(config) -> None:
     _require(s.mode == "sync", "secagg.enabled", "simulated for synchronous rounds only (system.mode='sync')")
 
 
-def load_data(config, workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset | None]:
-  """Opens the configured data; Synthetic data is generated into ``workdir/data`` once."""
+def load_data(config, workdir: pathlib.Path, *, resume: bool = False):
+  """Opens the configured data: ``(train, test, staged)``.
+
+  Synthetic data lives in ``workdir/data``; it is reused only if its provenance matches the
+  config, and otherwise generated (both splits) into ``workdir/.data.staged``, which
+  `fedjaxscale.training.workdir.commit_data` renames into place once the run has been checked
+  (``staged`` is True then). A resumed run's data must match: a mismatch is refused.
+  """
   try:
     if config.data.kind == "directory":
       root = resolve_path(config.data.path)
       train = FederatedDataset.open(root / "train")
       test = FederatedDataset.open(root / "test") if (root / "test" / "meta.json").exists() else None
-      return train, test
-    root = workdir / "data"
-    if is_lead() and not (root / "train" / "meta.json").exists():  # one writer; the rest wait, then read
-      write_synthetic(
-        root,
-        config.data.num_clients,
-        alpha=config.data.alpha,
-        beta=config.data.beta,
-        iid=config.data.iid,
-        seed=config.data.seed,
-        max_size=config.data.max_size or None,
-      )
+      return train, test, False
+    data, staged = workdir / run_dir.DATA, workdir / run_dir.STAGED_DATA
+    if is_lead():  # one writer; the rest wait, then read
+      run_dir.remove_staged(workdir)  # left by a killed command (we hold the workdir's lock)
+      if not run_dir.synthetic_matches(data, config):
+        _require(
+          not (resume and data.exists()),
+          "data",
+          f"{data} was not generated for this config's data fields {run_dir.synthetic_parameters(config)}; "
+          "it was changed since the run started (use --overwrite to start a new run)",
+        )
+        write_synthetic(
+          staged,
+          config.data.num_clients,
+          alpha=config.data.alpha,
+          beta=config.data.beta,
+          iid=config.data.iid,
+          seed=config.data.seed,
+          max_size=config.data.max_size or None,
+        )
     barrier("fedjaxscale:synthetic-data")
-    return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
+    root = staged if (staged / "test" / "meta.json").exists() else data
+    return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test"), root == staged
   except DatasetError as e:
     raise ConfigError(f"config.data: {e}") from e
+
+
+def reopen_data(workdir: pathlib.Path) -> tuple[FederatedDataset, FederatedDataset]:
+  """The Synthetic splits from ``workdir/data`` (after `workdir.commit_data` moved them there)."""
+  root = workdir / run_dir.DATA
+  return FederatedDataset.open(root / "train"), FederatedDataset.open(root / "test")
 
 
 def build_model(config, train: FederatedDataset) -> models.Model:
@@ -281,7 +419,7 @@ def build_model(config, train: FederatedDataset) -> models.Model:
     model = models.resnet18_gn(m.num_classes, groups=m.groups, width=m.width, image_shape=x_shape)
   elif m.name == "speech_cnn":
     model = models.speech_cnn(m.num_classes, num_mels=x_shape[-1])
-  elif m.name in ("shakespeare_lstm", "shakespeare_seq_lstm", "stackoverflow_lstm"):
+  elif m.name in SEQUENCE_MODELS:
     model = getattr(models, m.name)(**seq)
   elif m.name == "mlp":
     model = models.mlp(int(np.prod(specs["x"][1])), m.num_classes, tuple(m.hidden))
@@ -293,13 +431,14 @@ def build_model(config, train: FederatedDataset) -> models.Model:
     out = jax.eval_shape(lambda p: model.apply(p, sample, None, False), jax.eval_shape(model.init, jax.random.key(0)))
   except Exception as e:  # shape errors from flax name the layer; keep them
     raise ConfigError(f"config.model: {m.name} cannot read the data's 'x' {specs['x']}: {e}") from e
-  labels = np.asarray(train.features["y"])
-  num_labels = len(train.label_names) if train.label_names else int(labels.max()) + 1
-  _require(
-    out.shape[-1] >= num_labels,
-    "model.num_classes",
-    f"the model outputs {out.shape[-1]} classes but the data has labels up to {num_labels - 1}",
-  )
+  num_classes = int(out.shape[-1])
+  if train.label_names:
+    _require(
+      num_classes >= len(train.label_names),
+      "model.num_classes",
+      f"the model outputs {num_classes} classes but the data has labels up to {len(train.label_names) - 1} "
+      f"({len(train.label_names)} label names)",
+    )
   return model
 
 
@@ -328,6 +467,54 @@ def build_engine(config) -> Engine:
     raise ConfigError(f"config.{field}: {err}") from err
 
 
+def check_examples(config, model: models.Model, train: FederatedDataset, test: FederatedDataset | None) -> None:
+  """Every split's labels are integers in ``[0, num_classes)`` (and a sequence model's token
+  ids lie in its vocabulary); the test split reads like the training split; no client is empty."""
+  sample = train.rows(np.arange(min(2, train.num_examples)))
+  out = jax.eval_shape(lambda p: model.apply(p, sample, None, False), jax.eval_shape(model.init, jax.random.key(0)))
+  num_classes = int(out.shape[-1])
+  sequence = config.model.name in SEQUENCE_MODELS
+  empty = np.flatnonzero(train.client_sizes == 0)
+  _require(
+    empty.size == 0,
+    "data",
+    f"{train.path}: {empty.size} client(s) hold no examples (first: {train.client_ids[empty[0]]!r})"
+    if empty.size
+    else "",
+  )
+  splits = [("train", train)] + ([("test", test)] if test is not None else [])
+  for name, split in splits:
+    if name == "test":
+      _require("y" in split.feature_specs, "data", f"{split.path}: the test split has no 'y' feature")
+      for feature in ("x", "y"):
+        _require(feature in split.feature_specs, "data", f"{split.path}: the test split has no {feature!r} feature")
+        got, want = split.feature_specs[feature], train.feature_specs[feature]
+        _require(
+          got[1] == want[1],
+          "data",
+          f"{split.path}: feature {feature!r} has per-example shape {got[1]} in the test split but {want[1]} in train",
+        )
+    checks = [("y", "labels", num_classes)]
+    if sequence:
+      checks.append(("x", "token ids", num_classes))
+    for feature, what, limit in checks:
+      values = split.features[feature]
+      where = f"{split.path}/{feature}.npy"
+      _require(
+        values.dtype.kind in "iu",
+        "data",
+        f"{where}: {what} must be integers, got dtype {values.dtype} (convert whole-number floats when converting)",
+      )
+      if values.size == 0:
+        continue
+      low, high = int(np.min(values)), int(np.max(values))
+      _require(
+        low >= 0 and high < limit,
+        "model.num_classes" if feature == "y" and not sequence else "model.vocab_size",
+        f"{where}: {what} span [{low}, {high}] but {model.name} reads [0, {limit})",
+      )
+
+
 def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.Algorithm:
   a = config.algorithm
   client_opt = optax.sgd(a.client_lr, momentum=a.client_momentum or None)
@@ -347,16 +534,18 @@ def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.A
   return factory(model, client_opt, a.server_lr, a.beta1, a.beta2, a.tau, initial_v=a.initial_v or None, **common)
 
 
-def build(config, workdir: pathlib.Path) -> RunParts:
-  """Checks the config and builds the run (the data is generated into ``workdir`` if needed)."""
+def build(config, workdir: pathlib.Path, *, resume: bool = False) -> RunParts:
+  """Checks the config and builds the run (Synthetic data is generated into ``workdir`` if needed:
+  see `load_data`; ``RunParts.staged`` says whether it awaits `workdir.commit_data`)."""
   check_config(config)
-  train, test = load_data(config, workdir)
+  train, test, staged = load_data(config, workdir, resume=resume)
   _require(
     config.clients_per_round <= train.num_clients,
     "clients_per_round",
     f"{config.clients_per_round} is more than the population ({train.num_clients} clients)",
   )
   model = build_model(config, train)
+  check_examples(config, model, train, test)
   engine = build_engine(config)
   if config.algorithm.name in client_states.STATEFUL:
     algorithm = client_states.build_algorithm(config, model, engine, train.num_clients)
@@ -373,11 +562,20 @@ def build(config, workdir: pathlib.Path) -> RunParts:
       traces = load_traces(resolve_path(s.traces))
     else:
       traces = generate_traces(train.num_clients, seed=config.seed)
-    traces = traces.for_population(train.num_clients, mapping=s.mapping)
-    if s.always_online:
-      traces = _always_online(traces)
   except TraceError as e:
     raise ConfigError(f"config.system.traces: {e}") from e
+  try:
+    traces = traces.for_population(train.num_clients, mapping=s.mapping)
+  except ValueError as e:
+    raise ConfigError(f"config.system.mapping: {e}") from e
+  if s.always_online:
+    traces = _always_online(traces)
+  _require(
+    bool(np.isfinite(traces.availability.next_online_time(0.0))),
+    "system.traces",
+    f"no client of the population is ever online in {s.traces or 'the generated traces'}",
+  )
+  _warn_if_sparse(config, traces)
   local = config.local
   bits = model_bits(num_params, "float32")
   algorithm, ledger, up_bits = _wrap_private(config, algorithm, train.num_clients, num_params)
@@ -405,11 +603,25 @@ def build(config, workdir: pathlib.Path) -> RunParts:
     policy = PoissonSelection(s.sampling_rate)
   try:
     planner = _planner(config, traces, latency, sizes, policy)
+  except ConfigError:
+    raise
   except ValueError as e:  # the scheduler names its own bad settings
     raise ConfigError(f"config.system: {e}") from e
   upload_bits = up_bits if up_bits is not None else math.ceil(bits * s.compression)
   return RunParts(
-    train, test, model, algorithm, engine, planner, traces, latency, full_steps, num_params, upload_bits, ledger
+    train,
+    test,
+    model,
+    algorithm,
+    engine,
+    planner,
+    traces,
+    latency,
+    full_steps,
+    num_params,
+    upload_bits=upload_bits,
+    privacy=ledger,
+    staged=staged,
   )
 
 
@@ -458,6 +670,30 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
   return wrapped, ledger, up_bits
 
 
+def online_counts(availability) -> tuple[np.ndarray, np.ndarray]:
+  """Clients online at each simulated hour of the trace period: ``(hours, counts)``."""
+  period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
+  hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
+  counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
+  return hours, counts
+
+
+def _warn_if_sparse(config, traces) -> None:
+  """Warns when fewer clients are online, on average, than a round (or FedBuff) asks for."""
+  s = config.system
+  wanted = s.max_concurrency if s.mode == "async" else int(np.ceil(s.overcommit * config.clients_per_round))
+  _, counts = online_counts(traces.availability)
+  mean = float(np.mean(counts)) if counts.size else 0.0
+  if mean < wanted:
+    warnings.warn(
+      f"only about {mean:.1f} of the {traces.num_clients} clients are online at a time (hourly mean over the "
+      f"trace period), fewer than the {wanted} a round asks for: rounds will select fewer clients "
+      "(a larger population, or system.always_online, fills them)",
+      RuntimeWarning,
+      stacklevel=3,
+    )
+
+
 def _always_online(traces):
   """The same devices (speeds, bandwidths), each available for the whole trace period."""
   n = traces.num_clients
@@ -476,6 +712,7 @@ def _planner(config, traces, latency, sizes, policy):
       overcommit=s.overcommit,
       deadline_s=s.deadline_s or None,
       availability_mode=s.availability_mode,
+      round_up=s.overcommit_rounding == "ceil",
     )
     return SyncPlanner(traces, latency, sync, sizes, policy, seed=config.seed)
   _require(
