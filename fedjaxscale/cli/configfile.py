@@ -6,7 +6,6 @@ returns a plain dict surface as tracebacks (or later, as an attribute error). ``
 same load first and turns each into a ``ConfigFileError`` naming the file.
 """
 
-import importlib.machinery
 import importlib.util
 import pathlib
 import traceback
@@ -30,6 +29,28 @@ def config_spec(argv) -> str | None:
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Loads ``PATH[:VARIANT]`` the way ``config_flags`` does; raises ``ConfigFileError``."""
+  module, path_text, variant = _module(spec)
+  config = _call(module, "get_config", path_text, variant)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigFileError(
+      f"config file {path_text}: get_config() returned a {type(config).__name__}, expected an "
+      "ml_collections.ConfigDict (start from fedjaxscale.training.get_base())"
+    )
+  return config
+
+
+def load_sweep(spec: str) -> dict | None:
+  """The file's ``get_sweep(variant)`` (a sweep section: ``{field: [values]}``), or None."""
+  module, path_text, variant = _module(spec)
+  if not callable(getattr(module, "get_sweep", None)):
+    return None
+  grid = _call(module, "get_sweep", path_text, variant)
+  if not isinstance(grid, dict):
+    raise ConfigFileError(f"config file {path_text}: get_sweep() returned a {type(grid).__name__}, expected a dict")
+  return grid
+
+
+def _module(spec: str):
   path_text, *variant = spec.split(":", 1)
   if not path_text:
     raise ConfigFileError("--config is empty; expected a Python file, e.g. experiments/configs/synthetic.py")
@@ -51,21 +72,19 @@ def load(spec: str) -> ml_collections.ConfigDict:
     exec(code, module.__dict__)  # a config file is Python by design
   except Exception as e:
     raise ConfigFileError(f"config file {path_text} raised {_where(e, path)}") from None
-  get_config = getattr(module, "get_config", None)
-  if not callable(get_config):
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigFileError(f"config file {path_text} defines no get_config()")
+  return module, path_text, variant
+
+
+def _call(module, name, path_text, variant):
   try:
-    config = get_config(*variant)
+    return getattr(module, name)(*variant)
   except Exception as e:
+    args = ", ".join(map(repr, variant))
     raise ConfigFileError(
-      f"config file {path_text}: get_config({', '.join(map(repr, variant))}) raised {_where(e, path)}"
+      f"config file {path_text}: {name}({args}) raised {_where(e, pathlib.Path(path_text))}"
     ) from None
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigFileError(
-      f"config file {path_text}: get_config() returned a {type(config).__name__}, expected an "
-      "ml_collections.ConfigDict (start from fedjaxscale.training.get_base())"
-    )
-  return config
 
 
 def _where(e: Exception, path: pathlib.Path) -> str:
