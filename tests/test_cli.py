@@ -100,3 +100,23 @@ def test_run_prints_a_short_summary_and_keeps_the_json(tmp_path):
   )
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads(again.stdout) == json.loads((tmp_path / "json" / "summary.json").read_text())
+
+
+def test_a_config_file_may_carry_a_sweep_section(tmp_path):
+  from fedjaxscale.cli import configfile
+  from fedjaxscale.training.sweep import check_grid
+
+  path = tmp_path / "swept.py"
+  path.write_text(
+    "from fedjaxscale.training.defaults import get_base\n"
+    "def get_config(arg=None):\n  return get_base()\n"
+    "def get_sweep(arg=None):\n  return {'algorithm.client_lr': [0.01, 0.1], 'seed': [0, 1] if arg else [0]}\n"
+  )
+  config = configfile.load(str(path))
+  assert check_grid(config, configfile.load_sweep(f"{path}:seeds")) == {
+    "algorithm.client_lr": [0.01, 0.1],
+    "seed": [0, 1],
+  }
+  path.write_text(path.read_text().replace("'seed': [0, 1] if arg else [0]", "'seed': [0.5]"))
+  with pytest.raises(Exception, match="sweep.seed: 0.5 is not of the field's type int"):
+    check_grid(config, configfile.load_sweep(str(path)))

@@ -29,7 +29,7 @@ from fedjaxscale.scheduler import Status
 from fedjaxscale.training import outputs, plots, stacked
 from fedjaxscale.training.checkpoint import Checkpointer
 from fedjaxscale.training.progress import Progress
-from fedjaxscale.training.setup import build, build_algorithm, check_config, model_bytes
+from fedjaxscale.training.setup import ConfigError, build, build_algorithm, check_config, model_bytes
 
 
 def run_group(
@@ -229,8 +229,8 @@ class _Group:
   def _restore(self) -> None:
     latest = {ckpt.latest_round() for ckpt in self.checkpointers}
     if len(latest) != 1 or None in latest:
-      raise ValueError(
-        f"the points of this group hold checkpoints of different rounds {sorted(map(str, latest))}; "
+      raise ConfigError(
+        f"--resume: the points of this group hold checkpoints of different rounds {sorted(map(str, latest))}; "
         "resume them one at a time with `fedjaxscale run --resume`"
       )
     round_ = latest.pop()
