@@ -49,6 +49,9 @@ TABLE_COLUMNS = (
 FIGURES = ("accuracy_vs_round.png", "accuracy_vs_hours.png", "train_loss_vs_round.png", "round_durations.png")
 
 
+_BOOKKEEPING = ("rounds", "eval_every", "checkpoint_every", "target_accuracy", "eval_batch_size", "eval_train")
+
+
 class CompareError(ValueError):
   """A directory that holds no run, or a run whose files cannot be read; names the path."""
 
@@ -126,6 +129,8 @@ def group_by_seed(runs: list[Run]) -> list[list[Run]]:
     f.pop("seed", None)
   keys = sorted({k for f in flats for k in f})
   differing = [k for k in keys if len({f.get(k) for f in flats}) > 1 and k != "data.path"]
+  # What a reader compares first: the algorithm and system settings, then the run's bookkeeping.
+  differing.sort(key=lambda k: (k in _BOOKKEEPING, not k.startswith(("algorithm.", "system.mode")), k))
   for group, flat in zip(out, flats):
     label = ", ".join(f"{k.split('.')[-1]}={json.loads(flat[k]) if k in flat else '-'}" for k in differing[:4])
     for run in group:
