@@ -1,0 +1,167 @@
+"""Sweeps: a stacked (vmapped) group equals its points run alone; resume; the table; bad grids."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from fedjaxscale.training import ConfigError, train_and_evaluate
+from fedjaxscale.training.checkpoint import Checkpointer
+from fedjaxscale.training.outputs import read_metrics, read_timeline
+from fedjaxscale.training.setup import build
+from fedjaxscale.training.sweep import groups, parse_grid, points, run_sweep
+from tests.test_training import CONFIGS, load_config, without_wall
+
+GRID = {"algorithm.client_lr": [0.01, 0.1, 0.3], "algorithm.server_lr": [1.0, 0.5]}
+
+
+def tiny(**overrides):
+  base = dict(rounds=3, eval_every=1, checkpoint_every=1, clients_per_round=3)
+  base.update(overrides)
+  return load_config("synthetic", "small", **base)
+
+
+def final_state(workdir, config):
+  like = build(config, workdir).algorithm.init(build(config, workdir).model.init(jax.random.key(0)))
+  ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+  state, _ = ckpt.restore(ckpt.latest_round(), like)
+  ckpt.close()
+  return state
+
+
+def assert_close_records(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(without_wall(a), without_wall(b)):
+    assert x.keys() == y.keys()
+    for k in x:
+      if isinstance(x[k], float):
+        assert x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), k
+      elif isinstance(x[k], dict):
+        for kk in x[k]:
+          assert x[k][kk] == pytest.approx(y[k][kk], rel=1e-5, abs=1e-6), (k, kk)
+      else:
+        assert x[k] == y[k], k
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("sweep")
+  config = tiny()
+  rows = run_sweep(config, GRID, workdir, show_progress=False)
+  return config, workdir, rows
+
+
+def test_points_of_one_plan_form_one_group():
+  config = tiny()
+  pts = points(config, {**GRID, "seed": [0, 1]})
+  assert len(pts) == 12
+  assert sorted(len(g) for g in groups(pts)) == [6, 6]  # seed changes the plan
+  assert [len(g) for g in groups(pts, stack=False)] == [1] * 12
+  oort = tiny(**{"system.selection": "oort"})
+  assert [len(g) for g in groups(points(oort, GRID))] == [1] * 6  # Oort learns from losses
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedyogi"])
+def test_stacked_points_equal_their_runs_alone(tmp_path, algorithm):
+  config = tiny(**{"algorithm.name": algorithm, "system.stragglers": "partial", "system.deadline_s": 120.0})
+  grid = {"algorithm.client_lr": [0.03, 0.1]}
+  if algorithm == "fedyogi":
+    grid["algorithm.server_lr"] = [0.01, 0.03]
+  run_sweep(config, grid, tmp_path / "sweep", show_progress=False)
+  for name, _, point_config in points(config, grid):
+    alone = tmp_path / name
+    train_and_evaluate(point_config, alone, show_progress=False)
+    swept_dir = tmp_path / "sweep" / "points" / name
+    assert_close_records(read_metrics(swept_dir), read_metrics(alone))
+    assert all("eval" in r for r in read_metrics(swept_dir))
+    for key in ("round", "client", "status", "start", "finish"):
+      np.testing.assert_array_equal(read_timeline(swept_dir)[key], read_timeline(alone)[key])
+    a, b = final_state(swept_dir, point_config), final_state(alone, point_config)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5), a, b)
+
+
+def test_sweep_writes_every_file_and_the_table_equals_the_summaries(swept):
+  config, workdir, rows = swept
+  assert len(rows) == 6
+  for name in ("sweep.json", "summary.csv", "summary.md", "compare/compare.csv", "compare/accuracy_vs_hours.png"):
+    assert (workdir / name).stat().st_size > 0, name
+  assert len(list((workdir / "tensorboard").rglob("events.out.tfevents.*"))) >= 6
+  lines = (workdir / "summary.csv").read_text().splitlines()
+  header = lines[0].split(",")
+  for line, (name, overrides, _) in zip(lines[1:], points(config, GRID)):
+    cells = dict(zip(header, line.split(",")))
+    summary = json.loads((workdir / "points" / name / "summary.json").read_text())
+    assert cells["point"] == name
+    assert float(cells["final_accuracy"]) == summary["final_accuracy"]
+    assert float(cells["best_accuracy"]) == summary["best_accuracy"]
+    assert int(cells["clients_trained"]) == summary["clients_trained"]
+    assert float(cells["algorithm.client_lr"]) == overrides["algorithm.client_lr"]
+    for f in ("config.json", "metrics.jsonl", "timeline.csv", "availability.csv", "plots/accuracy_vs_round.png"):
+      assert (workdir / "points" / name / f).exists(), f
+
+
+def test_resumed_sweep_equals_an_uninterrupted_one(swept, tmp_path):
+  config, full, _ = swept
+  # Interrupted after round 2: run the first two rounds, then drop the finished outputs.
+  run_sweep(tiny(rounds=2), GRID, tmp_path, show_progress=False)
+  manifest = json.loads((tmp_path / "sweep.json").read_text())
+  manifest["config"]["rounds"] = 3
+  (tmp_path / "sweep.json").write_text(json.dumps(manifest, indent=1) + "\n")
+  for p in (tmp_path / "points").iterdir():
+    (p / "summary.json").unlink()
+  run_sweep(config, GRID, tmp_path, resume=True, show_progress=False)
+  for name, _, _ in points(config, GRID):
+    assert without_wall(read_metrics(tmp_path / "points" / name)) == without_wall(read_metrics(full / "points" / name))
+
+
+def test_a_sweep_needs_resume_or_overwrite(swept):
+  config, workdir, _ = swept
+  with pytest.raises(ConfigError, match="already holds a sweep"):
+    run_sweep(config, GRID, workdir, show_progress=False)
+
+
+@pytest.mark.parametrize(
+  "pairs, message",
+  [
+    ([("algorithm.client_lr", "0.1,fast")], "'fast' is not a float"),
+    ([("seed", "0,1.5")], "'1.5' is not an int"),
+    ([("algorithm.no_such", "1,2")], "algorithm.no_such: is not a known config field"),
+    ([("seed", "")], "needs a comma-separated list"),
+    ([], "the sweep grid is empty"),
+  ],
+)
+def test_bad_grid_is_refused(pairs, message):
+  with pytest.raises(ConfigError, match=message):
+    parse_grid(tiny(), pairs)
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--sweep.algorithm.client_lr=0.1,x"], "is not a float"),
+    (["--sweep.nope=1,2"], "nope: is not a known config field"),
+    ([], "the sweep grid is empty"),
+  ],
+)
+def test_cli_sweep_bad_input_exits_2(tmp_path, args, message):
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fedjaxscale.main",
+      "sweep",
+      f"--config={CONFIGS / 'synthetic.py'}:small",
+      f"--workdir={tmp_path / 'sweep'}",
+      *args,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert message in out.stderr and "Traceback" not in out.stderr
+  assert not (tmp_path / "sweep").exists()
