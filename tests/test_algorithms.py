@@ -138,3 +138,37 @@ def test_bad_arguments_are_named():
     algorithms.fedprox(model, optax.sgd(0.1), mu=-1.0)
   with pytest.raises(ValueError, match="FedOpt rule"):
     algorithms.fedopt(model, optax.sgd(0.1), "lamb")
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedyogi"])
+def test_second_round_compiles_nothing(name):
+  """Round 2 reuses every program of round 1, the server update's included: ``init`` places the
+  state exactly as the server update returns it (an uncommitted ``jnp.zeros`` round counter once
+  made round 2 compile the server update again)."""
+  compiles = []
+
+  def listen(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  rng = np.random.default_rng(0)
+  clients = [
+    {"x": rng.normal(size=(12, 4)).astype(np.float32), "y": rng.integers(0, 3, 12).astype(np.int32)} for _ in range(3)
+  ]
+  model = models.logistic_regression(4, 3)
+  server = optax.sgd(1.0) if name == "fedavg" else None
+  alg = (
+    algorithms.fedavg(model, optax.sgd(0.1), server_optimizer=server)
+    if name == "fedavg"
+    else algorithms.fedyogi(model, optax.sgd(0.1), server_lr=0.01)
+  )
+  state = alg.init(model.init(jax.random.key(0)))
+  cohort = make_cohort(clients, 4, local_steps=2, shuffle=False)
+  state, _ = alg.apply(state, cohort, jax.random.key(1))
+  jax.block_until_ready(state)
+  before = len(compiles)
+  for r in range(2, 4):
+    state, _ = alg.apply(state, cohort, jax.random.key(r))
+  jax.block_until_ready(state)
+  assert len(compiles) == before

@@ -51,7 +51,13 @@ def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
 
   def place(x):
     if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
-      return x
+      # Equivalent is not enough for jit's cache: an uncommitted single-device array (a fresh
+      # ``jnp.zeros``) and the committed mesh-replicated outputs of a jitted server update key
+      # different programs, so round 2 would compile the server update again. Commit it.
+      if x.committed and isinstance(x.sharding, NamedSharding):
+        return x
+      if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
       data = put_host(np.asarray(jax.random.key_data(x)), sharding)
       return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
