@@ -7,6 +7,7 @@ import pytest
 
 from fedjaxscale import algorithms, models
 from fedjaxscale.data import make_cohort
+from fedjaxscale.engine import Engine
 from tests import reference
 
 FEATURES, CLASSES, BATCH, CLIENT_LR, ROUNDS = 6, 3, 4, 0.1, 3
@@ -157,11 +158,13 @@ def test_second_round_compiles_nothing(name):
     {"x": rng.normal(size=(12, 4)).astype(np.float32), "y": rng.integers(0, 3, 12).astype(np.int32)} for _ in range(3)
   ]
   model = models.logistic_regression(4, 3)
-  server = optax.sgd(1.0) if name == "fedavg" else None
+  # One device: there a fresh array is already "equivalent" to a replicated one (4 devices copy it).
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("clients",))
+  engine = Engine("vmap", mesh=mesh, strategy="vmap")
   alg = (
-    algorithms.fedavg(model, optax.sgd(0.1), server_optimizer=server)
+    algorithms.fedavg(model, optax.sgd(0.1), server_optimizer=optax.sgd(1.0), engine=engine)
     if name == "fedavg"
-    else algorithms.fedyogi(model, optax.sgd(0.1), server_lr=0.01)
+    else algorithms.fedyogi(model, optax.sgd(0.1), server_lr=0.01, engine=engine)
   )
   state = alg.init(model.init(jax.random.key(0)))
   cohort = make_cohort(clients, 4, local_steps=2, shuffle=False)
