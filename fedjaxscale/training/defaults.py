@@ -31,6 +31,10 @@ def get_base() -> ml_collections.ConfigDict:
   c.model.lstm_sizes = ()  # sequence models: LSTM widths (empty: the model's default)
   c.model.width = 64  # resnet18_gn: width of the first stage
   c.model.groups = 2  # resnet18_gn: group-norm groups
+  # Local training's compute dtype: 'float32', or 'bfloat16' (parameters, deltas and the aggregate
+  # stay float32). Measured 1.9x slower for the FEMNIST CNN on an AVX-512/AMX CPU under XLA:CPU,
+  # so float32 is the default; sequence models compute in float32 only.
+  c.model.compute_dtype = "float32"
 
   c.algorithm = ml_collections.ConfigDict()
   c.algorithm.name = "fedavg"  # 'fedavg', 'fedprox', 'fedyogi', 'fedadam', 'fedadagrad', 'scaffold' or 'ditto'

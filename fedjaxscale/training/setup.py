@@ -186,6 +186,12 @@ def check_config(config) -> None:
   )
   _choice(config, "algorithm.name", ALGORITHMS, "algorithm")
   _choice(config, "model.name", MODELS, "model")
+  _choice(config, "model.compute_dtype", ("float32", "bfloat16"), "compute dtype")
+  _require(
+    config.model.compute_dtype == "float32" or config.model.name not in SEQUENCE_MODELS,
+    "model.compute_dtype",
+    f"{config.model.name} computes in float32 only (bfloat16 is for the vision and dense models)",
+  )
   _choice(config, "algorithm.weighting", ("num_examples", "uniform"))
   a = "algorithm."
   _real(config, a + "client_lr", 0.0, low_open=True)
@@ -413,18 +419,19 @@ def build_model(config, train: FederatedDataset) -> models.Model:
     if v
   }
   x_shape = tuple(specs["x"][1])
+  dtype = {"compute_dtype": m.compute_dtype}
   if m.name == "femnist_cnn":
-    model = models.femnist_cnn(m.num_classes, dense=m.dense)
+    model = models.femnist_cnn(m.num_classes, dense=m.dense, **dtype)
   elif m.name == "resnet18_gn":
-    model = models.resnet18_gn(m.num_classes, groups=m.groups, width=m.width, image_shape=x_shape)
+    model = models.resnet18_gn(m.num_classes, groups=m.groups, width=m.width, image_shape=x_shape, **dtype)
   elif m.name == "speech_cnn":
-    model = models.speech_cnn(m.num_classes, num_mels=x_shape[-1])
+    model = models.speech_cnn(m.num_classes, num_mels=x_shape[-1], **dtype)
   elif m.name in SEQUENCE_MODELS:
     model = getattr(models, m.name)(**seq)
   elif m.name == "mlp":
-    model = models.mlp(int(np.prod(specs["x"][1])), m.num_classes, tuple(m.hidden))
+    model = models.mlp(int(np.prod(specs["x"][1])), m.num_classes, tuple(m.hidden), **dtype)
   else:
-    model = models.logistic_regression(int(np.prod(specs["x"][1])), m.num_classes)
+    model = models.logistic_regression(int(np.prod(specs["x"][1])), m.num_classes, **dtype)
   # The model must read the data's examples and its outputs must cover the labels.
   sample = train.rows(np.arange(min(2, train.num_examples)))
   try:
