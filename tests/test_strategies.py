@@ -224,6 +224,29 @@ def test_explicit_strategy_wins_and_is_recorded():
   assert Engine("loop", strategy="map").strategy_choices == []
 
 
+def test_adopted_choices_run_the_recorded_strategy_without_timing():
+  """A resumed run adopts the strategies its first process chose by timing (from the
+  checkpoint): the same programs, so the same bits as a run that never stopped."""
+  program, shared, data = setup("logistic_regression")
+  cohort = cohort_for(data, "epochs")
+  first = Engine(strategy="map:2")
+  expected, _ = first.run(program, shared, cohort, jax.random.key(0))
+  (choice,) = first.strategy_choices
+  timed = dict(choice, candidates={"vmap": 2.0, "map:2": 1.0})  # as if auto had timed and chosen map:2
+  resumed = Engine()  # auto
+  resumed.adopt_strategy_choices([timed])
+  got, _ = resumed.run(program, shared, cohort, jax.random.key(0))
+  (record,) = resumed.strategy_choices
+  assert record["chosen"] == "map:2" and record["adopted"] and record["candidates"] == {}
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # An explicit strategy still wins over an adopted one.
+  explicit = Engine(strategy="vmap")
+  explicit.adopt_strategy_choices([timed])
+  explicit.run(program, shared, cohort, jax.random.key(0))
+  assert explicit.strategy_choices[0]["chosen"] == "vmap"
+
+
 def dataset(tmp_path, data):
   return write_dataset_from_clients(tmp_path / "train", [(f"c{i}", c) for i, c in enumerate(data)])
 

@@ -62,6 +62,7 @@ class CompiledRounds:
     self.strategy = strategy
     self.client_multiple = int(mesh.shape[CLIENTS])
     self.choices: list[dict] = []
+    self.adopted: dict = {}  # shape key -> Strategy recorded by an earlier process of the run (resume)
     self.resident: dict = {}
     self._programs: dict = {}  # signature -> the chosen Compiled
     self._candidates: dict = {}  # (signature, strategy) -> Compiled, while a shape is being tuned
@@ -153,9 +154,13 @@ class CompiledRounds:
       "devices": self.client_multiple,
       "resident": isinstance(features, Resident),
     }
-    if self.strategy is not None:
-      chosen = self._candidate(key, self.strategy, program, shared, lanes, features, rng)
-      record = {"shape": shape, "candidates": {}, "chosen": str(self.strategy)}
+    adopted = self.adopted.get(shape_key(shape)) if self.strategy is None else None
+    if self.strategy is not None or adopted is not None:
+      given = self.strategy or adopted
+      chosen = self._candidate(key, given, program, shared, lanes, features, rng)
+      record = {"shape": shape, "candidates": {}, "chosen": str(given)}
+      if adopted is not None:
+        record["adopted"] = True  # measured before the run was resumed; not timed again
     else:
       first = self._candidate(key, Strategy("vmap"), program, shared, lanes, features, rng)
       todo = strategies.candidates(jax.default_backend(), per_device, first.has_conv)
@@ -176,6 +181,14 @@ class CompiledRounds:
         del self._candidates[k]
       self.choices.append(record)
     return chosen
+
+  def adopt(self, choices) -> None:
+    """Takes the strategies an earlier process of this run chose (``Engine.strategy_choices``),
+    so a resumed run runs the very programs it ran before instead of timing them again: timing
+    can choose differently, and strategies agree only to float rounding."""
+    for record in choices:
+      if record.get("candidates") or record.get("adopted"):  # chosen by timing, here or before
+        self.adopted[shape_key(record["shape"])] = strategies.parse_strategy(record["chosen"])
 
   def _compile(self, strategy: Strategy, program, shared, lanes: HostLanes, features, rng) -> Compiled:
     mesh = self.mesh
@@ -354,3 +367,8 @@ def _agreed_fastest(seconds: list[float]) -> int:
     times = np.asarray(multihost_utils.process_allgather(times)).max(axis=0)
   best = int(np.argmin(times))
   return best if times[best] * AUTOTUNE_MARGIN < times[0] else 0
+
+
+def shape_key(shape: dict) -> tuple:
+  """A chunk shape's record (``strategy_choices``' ``shape``) as a hashable key."""
+  return tuple(sorted((str(k), v if isinstance(v, (bool, int, str)) else str(v)) for k, v in shape.items()))

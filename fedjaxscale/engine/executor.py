@@ -182,6 +182,14 @@ class Engine:
       return []
     return [dict(c, shape=dict(c["shape"]), candidates=dict(c["candidates"])) for c in self._runner.choices]
 
+  def adopt_strategy_choices(self, choices: list[dict]) -> None:
+    """Runs the shapes of ``choices`` (an earlier ``strategy_choices``, e.g. from a checkpoint)
+    with the strategies chosen then, without timing candidates again, so a resumed run equals
+    one that never stopped. Shapes not in ``choices`` are tuned as usual; an explicit
+    ``strategy`` still wins; a no-op for the per-client backends."""
+    if self.backend == "vmap":
+      self._runner.adopt(choices)
+
   def make_resident(self, features: Mapping[str, np.ndarray]) -> bool:
     """Keeps ``features`` (e.g. a training ``FederatedDataset.features``) on every device.
 

@@ -567,6 +567,9 @@ class _Run:
       "lane_shapes": np.asarray(sorted(self.engine.lane_shapes), np.int64).reshape(-1, 2),
       "pending": pending,
       "pending_steps": sorted(int(k) for k in self.pending),
+      # The strategies the engine chose by timing: a resumed run adopts them instead of timing
+      # again (a different choice would change the last bits of the results).
+      "strategy_choices": json.dumps(getattr(self.engine, "strategy_choices", [])),
     }
     if self.client_states is not None:  # the changed chunks are written now; the index goes with the checkpoint
       host["client_states"] = self.client_states.save(self.round)
@@ -595,6 +598,8 @@ class _Run:
     if self.privacy is not None:
       self.privacy.load_state_dict(host["privacy"])
     self.engine.lane_shapes.update(tuple(int(v) for v in row) for row in host["lane_shapes"])
+    if "strategy_choices" in host and hasattr(self.engine, "adopt_strategy_choices"):
+      self.engine.adopt_strategy_choices(json.loads(host["strategy_choices"]))
     if self.client_states is not None:
       if "client_states" not in host:
         raise ConfigError(f"--resume: {self.workdir / 'checkpoints'} was written by a run without client states")
