@@ -57,6 +57,7 @@ def tiny(**overrides):
     "eval_every": 1,
     "checkpoint_every": 1,
     "system.always_online": True,
+    "data.iid": False,  # Synthetic(1, 1), whose divergence and provenance these tests were written for
   }
   return load_config(**{**base, **overrides})
 

@@ -30,7 +30,16 @@ def env(devices: int) -> dict:
 
 
 def command(workdir, *args):
-  return [sys.executable, "-m", "fedjaxscale.main", f"--config={CONFIG}", f"--workdir={workdir}", "--noprogress", *args]
+  return [
+    sys.executable,
+    "-m",
+    "fedjaxscale.main",
+    f"--config={CONFIG}",
+    f"--workdir={workdir}",
+    "--noprogress",
+    "--json",
+    *args,
+  ]
 
 
 def run_single(workdir, *args):
