@@ -51,10 +51,10 @@ CONV = ("femnist_cnn", "resnet18_gn", "speech_cnn")
 
 def strategies_for(name, mode):
   patches = conv_module() is not None and name in CONV
-  if name in HEAVY:
-    if mode == "steps":
-      return ["map:2"] + (["vmap+patches"] if patches else [])
-    return ["map:2+patches"] if patches else ["map:2"]
+  if name in HEAVY:  # one strategy each: map:2 (its groups and remainder), patches under map and vmap
+    if patches:
+      return ["map:2+patches"] if mode == "steps" else ["vmap+patches"]
+    return ["map:2"]
   # Packed lanes are fewer: map:2 covers both its sequential groups and its vmapped remainder.
   out = ["vmap", "map", "map:2"] if mode == "steps" else ["vmap", "map:2"]
   if patches:
