@@ -58,6 +58,25 @@ class Algorithm(NamedTuple):
   engine: Engine
 
 
+def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: dict) -> dict:
+  """The round's diagnostics as every algorithm's ``apply`` reports them (stateful ones too)."""
+  weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+  computed = engine.stats.computed_example_steps - before["computed"]
+  real = engine.stats.real_example_steps - before["real"]
+  diagnostics = {
+    "num_clients": cohort.num_clients,
+    "num_nonfinite": int(num_nonfinite),
+    "weight_sum": float(weight_sum),
+    "padding_efficiency": real / computed if computed else 1.0,
+    **{f"client_{k}": v for k, v in per_client.items()},
+  }
+  if "loss" in per_client and "examples_trained" in per_client:
+    ok = ~per_client["nonfinite"]
+    trained = per_client["examples_trained"][ok]
+    diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
+  return diagnostics
+
+
 def build_algorithm(
   client_program: ClientProgram, server_optimizer: optax.GradientTransformation, engine: Engine | None = None
 ) -> Algorithm:
@@ -91,20 +110,7 @@ def build_algorithm(
     before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
     aggregate, per_client = engine.run(client_program, Shared(state.params, state.round), cohort, rng)
     new_state = server_update(state, aggregate)
-    weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
-    computed = engine.stats.computed_example_steps - before["computed"]
-    real = engine.stats.real_example_steps - before["real"]
-    diagnostics = {
-      "num_clients": cohort.num_clients,
-      "num_nonfinite": int(num_nonfinite),
-      "weight_sum": float(weight_sum),
-      "padding_efficiency": real / computed if computed else 1.0,
-      **{f"client_{k}": v for k, v in per_client.items()},
-    }
-    if "loss" in per_client and "examples_trained" in per_client:
-      ok = ~per_client["nonfinite"]
-      trained = per_client["examples_trained"][ok]
-      diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
+    diagnostics = diagnostics_of(engine, before, cohort, aggregate, per_client)
     return new_state, diagnostics
 
   return Algorithm(init, apply, client_program, server_update, engine)

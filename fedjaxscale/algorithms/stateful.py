@@ -13,9 +13,9 @@ to store (``new.states``, ``new.written``). The algorithm stays pure: the store 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
+from fedjaxscale.algorithms.base import diagnostics_of
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.types import Params, PRNGKey, PyTree
 from fedjaxscale.engine.executor import Aggregate, Engine
@@ -43,25 +43,6 @@ class StatefulAlgorithm(NamedTuple):
   engine: Engine
   shared: Callable[[Any], Any]
   state_spec: Callable[[Any], PyTree]
-
-
-def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: dict) -> dict:
-  """The round's diagnostics, as ``algorithms.base.build_algorithm``'s ``apply`` reports them."""
-  weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
-  computed = engine.stats.computed_example_steps - before["computed"]
-  real = engine.stats.real_example_steps - before["real"]
-  diagnostics = {
-    "num_clients": cohort.num_clients,
-    "num_nonfinite": int(num_nonfinite),
-    "weight_sum": float(weight_sum),
-    "padding_efficiency": real / computed if computed else 1.0,
-    **{f"client_{k}": v for k, v in per_client.items()},
-  }
-  if "loss" in per_client and "examples_trained" in per_client:
-    ok = ~per_client["nonfinite"]
-    trained = per_client["examples_trained"][ok]
-    diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
-  return diagnostics
 
 
 def build_stateful_algorithm(
