@@ -95,6 +95,53 @@ def restored_store(config, workdir):
   return jax.device_get(server), store.gather(np.arange(parts.train.num_clients))
 
 
+def test_chunks_of_the_newest_committed_checkpoint_survive_a_late_commit(tmp_path, monkeypatch):
+  """Orbax commits in the background: a checkpoint may commit only after the next round's chunks are saved.
+
+  This checkpointer commits each one as late as orbax may (when the next is saved, or on ``wait``)
+  and checks, whenever a checkpoint is saved, that every chunk the newest committed checkpoint
+  names is on disk: what a run killed at that moment would resume from.
+  """
+  from fedjaxscale.state.checkpoint import chunk_file
+  from fedjaxscale.training import loop
+  from fedjaxscale.training.checkpoint import Checkpointer
+
+  chunks = tmp_path / "client_states" / "checkpoints"
+  checked = []
+
+  class LateCommit(Checkpointer):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      self.late, self.indices = None, {}
+
+    def save(self, round_, server_state, host_state):
+      newest = self.latest_round()
+      if newest is not None:
+        versions = np.asarray(self.indices[newest]["versions"])
+        missing = [chunk_file(chunks, c, int(v)).name for c, v in enumerate(versions) if v >= 0]
+        missing = [name for name in missing if not (chunks / name).exists()]
+        assert not missing, f"round {round_}: the newest committed checkpoint (round {newest}) names missing {missing}"
+        checked.append(round_)
+      self.wait()
+      self.indices[round_] = host_state["client_states"]
+      self.late = (round_, server_state, host_state)
+
+    def wait(self):
+      if self.late is not None:
+        super().save(*self.late)
+        super().wait()
+        self.late = None
+
+    def close(self):
+      self.wait()
+      super().close()
+
+  monkeypatch.setattr(loop, "Checkpointer", LateCommit)
+  config = load_config("scaffold", "scaffold,small", checkpoint_every=1, rounds=5, eval_every=0)
+  train_and_evaluate(config, tmp_path, show_progress=False)
+  assert checked == [2, 3, 4, 5]
+
+
 def test_killed_scaffold_run_resumes_bit_for_bit(tmp_path):
   import os
   import signal

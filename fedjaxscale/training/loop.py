@@ -572,6 +572,10 @@ class _Run:
       "strategy_choices": json.dumps(getattr(self.engine, "strategy_choices", [])),
     }
     if self.client_states is not None:  # the changed chunks are written now; the index goes with the checkpoint
+      # Orbax commits a checkpoint in the background. Saving the chunks deletes versions that only
+      # checkpoints older than the previous one name, so the previous one must be committed first:
+      # otherwise a run killed now would resume from an older checkpoint whose chunks are gone.
+      self.checkpointer.wait()
       host["client_states"] = self.client_states.save(self.round)
     if self.privacy is not None:
       host["privacy"] = self.privacy.state_dict()
