@@ -13,7 +13,8 @@ before. ``init`` receives the client's stored state, ``finish`` returns the new 
 * packed lanes: lane ``l`` holds the states of all its clients, ``state[l, j]`` for its j-th
   client; a client's state is loaded at its first step and its new state written at its last.
 
-The new states come back sharded over the ``clients`` axis (each process fetches only its own
+Each process reads only the stored states of the clients on its own devices (``local_clients``)
+and the new states come back sharded over the ``clients`` axis (each process fetches only its own
 devices' lanes) next to the aggregate, which is reduced on the devices as before. A client whose
 update, weight or new state is not finite keeps its old state (``written`` is False for it).
 """
@@ -263,13 +264,20 @@ def _fetch_local(x: jax.Array) -> list[tuple[slice, np.ndarray]]:
   return out
 
 
-def _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, written):
-  shared, rng = engine.place_replicated((shared, rng))
-  sharding = NamedSharding(engine.mesh, P(CLIENTS))
-  acc, results, outputs = None, [], []
+class _Chunk(NamedTuple):
+  """One compiled call's lanes: their host arrays, each lane's client slots, each step's slot."""
+
+  part: Any
+  lanes: HostLanes
+  slots: np.ndarray  # int32 [lanes, M]: cohort positions (IDLE: none)
+  index: np.ndarray  # int32 [lanes, steps]: which slot each step belongs to
+  packed: bool
+
+
+def _chunks(engine: Engine, cohort: Cohort):
+  """The vmap backend's chunks, in the order they run (every process computes the same ones)."""
   for part in cohort.parts:
     lanes = host_lanes(part, cohort)
-    packed = lanes.start is not None
     slots_all = _slots(lanes)
     limit = engine.max_clients_per_chunk
     if limit is None and jax.default_backend() == "cpu":
@@ -281,26 +289,60 @@ def _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, w
       slots = _pad(slots_all.slots[first:stop], size, IDLE)
       index = _pad(slots_all.index[first:stop], size, 0)
       first = stop
-      stored, is_fresh = _take(states, fresh, slots)
-      batch_and_lanes = _put_lanes(chunk, part.features, sharding)
-      put = functools.partial(put_host, sharding=sharding)
-      data = (batch_and_lanes, jax.tree.map(put, stored), put(is_fresh))
-      if packed:
-        data = data + (put(index),)
-      strategy = _strategy(engine)
-      key = ("state", program, packed, str(strategy), jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
-      cache = _cache(engine)
-      with _LOCK:
-        if key not in cache:
-          unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
-          cache[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll, strategy)
-          engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
-        compiled, zeros = cache[key]
-      acc, metrics, nonfinite, lane_states, lane_written = compiled(zeros() if acc is None else acc, shared, data, rng)
-      results.append((chunk, metrics, nonfinite))
-      outputs.append((slots, lane_states, lane_written))
-      engine.stats.chunks += 1
-      engine.stats.computed_example_steps += chunk.mask.size
+      yield _Chunk(part, chunk, slots, index, lanes.start is not None)
+
+
+def local_clients(engine: Engine, cohort: Cohort, devices=None) -> np.ndarray:
+  """Which cohort positions run on ``devices`` (default: this process's devices of the mesh).
+
+  Only these clients' stored states are read by ``run_stateful`` on this process (the other rows
+  of ``states`` may hold anything), and only these get ``written`` set: in a multi-process run
+  each process gathers and scatters the rows of its own devices' clients. The loop and debug
+  backends run every client in every process.
+
+  Returns:
+    bool ``[clients]``.
+  """
+  if engine.backend != "vmap":
+    return np.ones(cohort.num_clients, bool)
+  if devices is None:
+    devices = [d for d in engine.mesh.devices.flat if d.process_index == jax.process_index()]
+  devices = set(devices)
+  sharding = NamedSharding(engine.mesh, P(CLIENTS))
+  local = np.zeros(cohort.num_clients, bool)
+  for c in _chunks(engine, cohort):
+    for device, index in sharding.devices_indices_map((c.slots.shape[0],)).items():
+      if device in devices:
+        s = c.slots[index[0]]
+        local[s[s != IDLE]] = True
+  return local
+
+
+def _run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, written):
+  shared, rng = engine.place_replicated((shared, rng))
+  sharding = NamedSharding(engine.mesh, P(CLIENTS))
+  acc, results, outputs = None, [], []
+  for part, chunk, slots, index, packed in _chunks(engine, cohort):
+    stored, is_fresh = _take(states, fresh, slots)
+    batch_and_lanes = _put_lanes(chunk, part.features, sharding)
+    put = functools.partial(put_host, sharding=sharding)
+    data = (batch_and_lanes, jax.tree.map(put, stored), put(is_fresh))
+    if packed:
+      data = data + (put(index),)
+    strategy = _strategy(engine)
+    key = ("state", program, packed, str(strategy), jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
+    cache = _cache(engine)
+    with _LOCK:
+      if key not in cache:
+        unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
+        cache[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll, strategy)
+        engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
+      compiled, zeros = cache[key]
+    acc, metrics, nonfinite, lane_states, lane_written = compiled(zeros() if acc is None else acc, shared, data, rng)
+    results.append((chunk, metrics, nonfinite))
+    outputs.append((slots, lane_states, lane_written))
+    engine.stats.chunks += 1
+    engine.stats.computed_example_steps += chunk.mask.size
   host = jax.device_get([(m, nf) for _, m, nf in results])
   for slots, lane_states, lane_written in outputs:
     leaves, treedef = jax.tree.flatten(lane_states)
@@ -424,7 +466,8 @@ def run_stateful(
     cohort: the round's cohort.
     rng: the round's key (client k gets ``fold_in(rng, k)``, as in ``Engine.run``).
     states: host arrays ``[clients, ...]`` in cohort order, matching ``state_spec(program, shared)``
-      (rows of fresh clients are ignored).
+      (rows of fresh clients are ignored, and so are those of clients on other processes' devices:
+      see ``local_clients``).
     fresh: bool ``[clients]``; True for a client with no stored state (it starts from
       ``program.state_init(shared)``).
 
@@ -460,6 +503,7 @@ __all__ = [
   "StatefulProgram",
   "StatefulResult",
   "check_states",
+  "local_clients",
   "run_stateful",
   "stack_states",
   "state_spec",

@@ -17,6 +17,7 @@ from fedjaxscale.algorithms.scaffold import scaffold
 from fedjaxscale.algorithms.stateful import StatefulAlgorithm
 from fedjaxscale.data import gather_cohort
 from fedjaxscale.engine.personalized import adapt, adaptation_program, evaluate_per_client
+from fedjaxscale.engine.state import local_clients
 from fedjaxscale.state import (
   STORAGE_DTYPES,
   ClientStateStore,
@@ -140,9 +141,22 @@ class RunStates:
   def apply(self, server_state, cohort, members: np.ndarray, key):
     """One round of the stateful algorithm: gather, run, scatter."""
     members = np.asarray(members, np.int64)
-    states, fresh = self.store.gather(members)
+    # Each process reads only the rows of the clients its own devices run; the others stay
+    # zero (never read: each process places only its own lanes).
+    local = local_clients(self.algorithm.engine, cohort)
+    if local.all():
+      states, fresh = self.store.gather(members)
+    else:
+      mine, fresh_mine = self.store.gather(members[local])
+      states = jax.tree.map(lambda x: np.zeros((len(members),) + x.shape[1:], x.dtype), mine)
+      for full, part in zip(jax.tree.leaves(states), jax.tree.leaves(mine)):
+        full[local] = part
+      fresh = np.ones(len(members), bool)
+      fresh[local] = fresh_mine
     server_state, diagnostics, new = self.algorithm.apply(server_state, cohort, key, states, fresh)
-    self.store.scatter(members, new.states, new.written)
+    # Rows are allocated for every member (all processes agree on them); each process writes
+    # only its own clients' (``written`` is False for the rest).
+    self.store.scatter(members, new.states, new.written & local)
     if jax.process_count() > 1:  # every process's rows are in the shared files before anyone reads
       self.store.flush()
       _sync("client states scattered")
