@@ -68,6 +68,18 @@ def summary_lines(summary: dict, workdir) -> list[str]:
     f"final accuracy {pct(summary.get('final_accuracy'))} (round {summary.get('final_accuracy_round')}), "
     f"best {pct(summary.get('best_accuracy'))} (round {summary.get('best_accuracy_round')})",
   ]
+  quantiles = ("client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90")
+
+  def spread(d, prefix=""):
+    if d.get(prefix + quantiles[0]) is None:
+      return ""
+    return ", per-client p10/p50/p90 " + "/".join(pct(d.get(prefix + q)) for q in quantiles)
+
+  personal = summary.get("final_personal")
+  if personal or summary.get("final_client_accuracy_p10") is not None:
+    lines.append(f"global model: accuracy {pct(summary.get('final_accuracy'))}{spread(summary, 'final_')}")
+  if personal:  # eval_personal: each client's own model, next to the global one
+    lines.append(f"personalized: accuracy {pct(personal.get('accuracy'))}{spread(personal)}")
   target = summary.get("target_accuracy")
   if target:
     if summary.get("time_to_target_hours") is not None:

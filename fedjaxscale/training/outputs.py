@@ -428,7 +428,9 @@ def summarize(
     A JSON-ready dict: ``rounds``, ``simulated_hours``, ``wall_s``, ``clients_trained``,
     ``clients_per_s``, ``best_accuracy`` (+ ``_round``), ``final_accuracy`` (+ ``_round``),
     ``final_eval_loss``, ``final_train_loss``, ``target_accuracy``, ``time_to_target_hours``
-    and ``time_to_target_round`` (None when not reached), ``bytes_down``, ``bytes_up``.
+    and ``time_to_target_round`` (None when not reached), ``bytes_down``, ``bytes_up``; when the
+    last evaluation has them, ``final_client_accuracy_p10``/``_p50``/``_p90`` and
+    ``final_personal`` (``eval_personal``'s accuracy and quantiles in that round).
   """
   last = records[-1] if records else {}
   if wall_s is None:
@@ -465,7 +467,25 @@ def summarize(
     "diverged_round": next(
       (r["round"] for r in records if isinstance(r.get("eval"), dict) and r["eval"].get("diverged")), None
     ),
+    **_final_distributions(evals),
   }
+
+
+QUANTILES = ("client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90")
+
+
+def _final_distributions(evals: list) -> dict:
+  """The last evaluation's per-client accuracy quantiles (``final_client_accuracy_p10`` ...) and,
+  with ``eval_personal``, that round's personalized evaluation (``final_personal``: accuracy and
+  quantiles); keys absent when the run has none."""
+  if not evals:
+    return {}
+  record, ev = evals[-1]
+  out = {f"final_{k}": ev[k] for k in QUANTILES if _finite(ev.get(k))}
+  personal = record.get("eval_personal")
+  if isinstance(personal, dict) and _finite(personal.get("accuracy")):
+    out["final_personal"] = {k: personal[k] for k in ("accuracy", "loss", *QUANTILES) if k in personal}
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
