@@ -8,13 +8,17 @@ import pytest
 
 from fedjaxscale.training import ConfigError, train_and_evaluate
 from fedjaxscale.training.outputs import read_metrics
-from tests.test_training import load_config, without_wall
+from tests.test_training import CONFIGS, kill_then_resume, load_config, without_wall
+
+ROUNDS = 8  # enough rounds after the third for a kill -9 to land mid-run
 
 
 @pytest.fixture(scope="module")
 def scaffold_run(tmp_path_factory):
+  """The small SCAFFOLD config run straight through, a checkpoint every round: the reference of the
+  resume tests."""
   workdir = tmp_path_factory.mktemp("scaffold")
-  config = load_config("scaffold", "scaffold,small", checkpoint_every=1)
+  config = load_config("scaffold", "scaffold,small", checkpoint_every=1, rounds=ROUNDS)
   summary = train_and_evaluate(config, workdir, show_progress=False)
   return config, workdir, summary
 
@@ -22,7 +26,7 @@ def scaffold_run(tmp_path_factory):
 def test_scaffold_small_runs_and_stores_states(scaffold_run):
   config, workdir, summary = scaffold_run
   records = read_metrics(workdir)
-  assert [r["round"] for r in records] == [1, 2, 3, 4]
+  assert [r["round"] for r in records] == list(range(1, ROUNDS + 1))
   assert all(np.isfinite(r["train_loss"]) for r in records)
   stored = [r["states_stored"] for r in records]
   assert stored == sorted(stored) and stored[0] >= config.clients_per_round and stored[-1] > stored[0]
@@ -142,55 +146,17 @@ def test_chunks_of_the_newest_committed_checkpoint_survive_a_late_commit(tmp_pat
   assert checked == [2, 3, 4, 5]
 
 
-def test_killed_scaffold_run_resumes_bit_for_bit(tmp_path):
-  import os
-  import signal
-  import subprocess
-  import sys
-  import time
-
-  from tests.test_training import CONFIGS
-
-  rounds = 8
+def test_killed_scaffold_run_resumes_bit_for_bit(scaffold_run, tmp_path):
+  config, straight, _ = scaffold_run
   args = [
     "--config",
     f"{CONFIGS / 'scaffold.py'}:scaffold,small",
-    f"--config.rounds={rounds}",
+    f"--config.rounds={ROUNDS}",
     "--config.checkpoint_every=1",
-    "--config.eval_every=0",
     "--noprogress",
   ]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args],
-    env=env,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-  )
-  deadline = time.time() + 300
-  while time.time() < deadline:
-    metrics = killed / "metrics.jsonl"
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-    time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "summary.json").exists(), "killed too late to test anything"
-  resumed = subprocess.run(
-    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=400,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  config = load_config("scaffold", "scaffold,small", rounds=rounds, checkpoint_every=1, eval_every=0)
-  straight = tmp_path / "straight"
-  train_and_evaluate(config, straight, show_progress=False)
+  kill_then_resume(killed, args)
   assert without_wall(read_metrics(killed)) == without_wall(read_metrics(straight))
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),

@@ -123,6 +123,40 @@ def _params_like(config, workdir):
   return parts.model.init(jax.random.key(0))
 
 
+def kill_then_resume(workdir, args, after_rounds=3, timeout=300):
+  """Runs ``fedjaxscale.main --workdir=WORKDIR *args`` in a subprocess, ``kill -9``s it once
+  ``after_rounds`` rounds are in metrics.jsonl (failing if it finished first), then runs it again
+  with ``--resume`` to the end."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  workdir = pathlib.Path(workdir)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={workdir}", *args],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    metrics = workdir / "metrics.jsonl"
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= after_rounds:
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "summary.json").exists(), "killed too late to test anything"
+  resumed = subprocess.run(
+    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={workdir}", "--resume", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
 def test_killed_run_resumes_to_the_same_result(default_run, tmp_path):
   config, _, _ = default_run
   rounds = 10
@@ -134,34 +168,8 @@ def test_killed_run_resumes_to_the_same_result(default_run, tmp_path):
     "--config.eval_every=0",
     "--noprogress",
   ]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", *args],
-    env=env,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-  )
-  deadline = time.time() + 240
-  while time.time() < deadline:
-    metrics = killed / "metrics.jsonl"
-    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-      break
-    if proc.poll() is not None:
-      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
-    time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "summary.json").exists(), "killed too late to test anything"
-  resumed = subprocess.run(
-    [sys.executable, "-m", "fedjaxscale.main", f"--workdir={killed}", "--resume", *args],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  kill_then_resume(killed, args)
   straight = tmp_path / "straight"
   train_and_evaluate(
     load_config("synthetic", "small", rounds=rounds, checkpoint_every=1, eval_every=0), straight, show_progress=False
