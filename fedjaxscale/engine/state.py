@@ -37,9 +37,10 @@ from fedjaxscale.core.tree import tree_all_finite, tree_where
 from fedjaxscale.core.types import PRNGKey, PyTree
 from fedjaxscale.engine.compiled import CPU_LANES_PER_DEVICE, CPU_UNROLL_STEPS
 from fedjaxscale.engine.executor import Engine
-from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, pad_steps, per_client, slice_lanes
+from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, per_client, slice_lanes
+from fedjaxscale.engine.per_client import run_clients
 from fedjaxscale.engine.placement import CLIENTS, put_host, put_rows
-from fedjaxscale.engine.program import Aggregate, ClientError, ClientOutput, accumulate, client_key, weigh
+from fedjaxscale.engine.program import Aggregate, ClientOutput, accumulate, client_key, weigh
 from fedjaxscale.engine.strategies import Strategy, map_lanes, parse_strategy
 
 
@@ -387,46 +388,20 @@ def _run_per_client(engine, program, shared, cohort, rng, states, fresh, new_sta
       contribution, add = cache[key]
   else:
     contribution, add = functools.partial(_contribution, program), accumulate
-  acc, results = None, []
+
+  def one(k, batch, mask):
+    stored = jax.tree.map(lambda x: np.asarray(x)[k], states)
+    weighted, w, nf, m, new_state, wrote = contribution(
+      shared, batch, mask, cohort.num_examples[k], cohort.weights[k], client_key(rng, k), stored, fresh[k]
+    )
+    if bool(wrote):
+      written[k] = True
+      for target, value in zip(jax.tree.leaves(new_states), jax.tree.leaves(jax.device_get(new_state))):
+        target[k] = value
+    return weighted, w, nf, m
+
   with jax.disable_jit(not use_jit):
-    for part in cohort.parts:
-      start, end, _ = part.boundaries()
-      real = part.owner != IDLE
-      first_lane, first_step = np.nonzero(start & real)
-      stop_step = np.nonzero(end & real)[1] + 1
-      metrics, nonfinite, owners = [], [], []
-      for lane, first, stop in zip(first_lane, first_step, stop_step):
-        k = int(part.owner[lane, first])
-        steps = bucket_size(int(stop - first))
-        batch = {name: pad_steps(v[0, first:stop], steps) for name, v in part.gather([lane]).items()}
-        mask = pad_steps(part.mask[lane, first:stop], steps)
-        stored = jax.tree.map(lambda x, k=k: np.asarray(x)[k], states)
-        try:
-          weighted, w, nf, m, new_state, wrote = contribution(
-            shared, batch, mask, cohort.num_examples[k], cohort.weights[k], client_key(rng, k), stored, fresh[k]
-          )
-        except Exception as e:
-          if use_jit:
-            raise
-          raise ClientError(
-            f"client {str(cohort.client_ids[k])!r} (cohort position {k}) failed: {type(e).__name__}: {e}"
-          ) from e
-        contrib = Aggregate(weighted, w, nf.astype(jnp.int32))
-        acc = contrib if acc is None else add(acc, contrib)
-        if bool(wrote):
-          written[k] = True
-          for target, value in zip(jax.tree.leaves(new_states), jax.tree.leaves(jax.device_get(new_state))):
-            target[k] = value
-        metrics.append(m)
-        nonfinite.append(nf)
-        owners.append(k)
-        engine.stats.computed_example_steps += steps * part.batch_size
-      if owners:
-        metrics, nonfinite = jax.device_get((metrics, nonfinite))
-        results.append(
-          (np.array(owners), {name: np.array([m[name] for m in metrics]) for name in metrics[0]}, np.array(nonfinite))
-        )
-  return acc, results
+    return run_clients(cohort, one, add, engine.stats, tag_errors=not use_jit)
 
 
 class StatefulResult(NamedTuple):
