@@ -309,6 +309,8 @@ def local_clients(engine: Engine, cohort: Cohort, devices=None) -> np.ndarray:
   if devices is None:
     devices = [d for d in engine.mesh.devices.flat if d.process_index == jax.process_index()]
   devices = set(devices)
+  if devices >= set(engine.mesh.devices.flat):  # one process: no need to lay out the chunks twice
+    return np.ones(cohort.num_clients, bool)
   sharding = NamedSharding(engine.mesh, P(CLIENTS))
   local = np.zeros(cohort.num_clients, bool)
   for c in _chunks(engine, cohort):
