@@ -76,9 +76,8 @@ def summary_lines(summary: dict, workdir) -> list[str]:
     return ", per-client p10/p50/p90 " + "/".join(pct(d.get(prefix + q)) for q in quantiles)
 
   personal = summary.get("final_personal")
-  if personal or summary.get("final_client_accuracy_p10") is not None:
-    lines.append(f"global model: accuracy {pct(summary.get('final_accuracy'))}{spread(summary, 'final_')}")
   if personal:  # eval_personal: each client's own model, next to the global one
+    lines.append(f"global model: accuracy {pct(summary.get('final_accuracy'))}{spread(summary, 'final_')}")
     lines.append(f"personalized: accuracy {pct(personal.get('accuracy'))}{spread(personal)}")
   target = summary.get("target_accuracy")
   if target:
