@@ -63,16 +63,39 @@ def test_points_of_one_plan_form_one_group():
   assert [len(g) for g in groups(pts, stack=False)] == [1] * 12
   oort = tiny(**{"system.selection": "oort"})
   assert [len(g) for g in groups(points(oort, GRID))] == [1] * 6  # Oort learns from losses
+  # A zero momentum has no optimizer state: zero and non-zero points form separate groups.
+  momentum = points(config, {"algorithm.client_momentum": [0.0, 0.5, 0.9], "algorithm.server_momentum": [0.0, 0.9]})
+  assert sorted(len(g) for g in groups(momentum)) == [1, 1, 2, 2]
+  # What a stacked group does not carry runs alone: client states, DP, update encoders.
+  for overrides in ({"algorithm.name": "scaffold"}, {"privacy.enabled": True}, {"compression.encoder": "topk"}):
+    assert [len(g) for g in groups(points(tiny(**overrides), GRID))] == [1] * 6, overrides
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedyogi"])
-def test_stacked_points_equal_their_runs_alone(tmp_path, algorithm):
-  config = tiny(**{"algorithm.name": algorithm, "system.stragglers": "partial", "system.deadline_s": 120.0})
-  grid = {"algorithm.client_lr": [0.03, 0.1]}
-  if algorithm == "fedyogi":
-    grid["algorithm.server_lr"] = [0.01, 0.03]
+# Each case stacks a product grid and checks its first and last points (every field differs
+# between them) against runs of those points alone: client-side fields (learning rate, momentum,
+# FedProx's mu, with mu = 0 traced against a run alone that leaves the term out), server-side
+# ones (lr, momentum, the adaptive moments) and one that only the initial state reads (v_0).
+STACKED_CASES = {
+  "fedprox": (
+    {"algorithm.name": "fedprox", "algorithm.client_momentum": 0.5, "algorithm.server_momentum": 0.5},
+    {"algorithm.client_lr": [0.03, 0.1], "algorithm.mu": [0.0, 1.0], "algorithm.server_momentum": [0.5, 0.9]},
+  ),
+  "fedyogi": (
+    {"algorithm.name": "fedyogi"},
+    {"algorithm.server_lr": [0.01, 0.03], "algorithm.beta1": [0.9, 0.5], "algorithm.initial_v": [0.0, 1e-4]},
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STACKED_CASES))
+def test_stacked_points_equal_their_runs_alone(tmp_path, case):
+  overrides, grid = STACKED_CASES[case]
+  # Deadline and partial work: ragged cohorts, stragglers, and rounds of different sizes.
+  config = tiny(rounds=2, **overrides, **{"system.stragglers": "partial", "system.deadline_s": 120.0})
+  pts = points(config, grid)
+  assert [len(g) for g in groups(pts)] == [len(pts)]  # one stacked group
   run_sweep(config, grid, tmp_path / "sweep", show_progress=False)
-  for name, _, point_config in points(config, grid):
+  for name, _, point_config in (pts[0], pts[-1]):
     alone = tmp_path / name
     train_and_evaluate(point_config, alone, show_progress=False)
     swept_dir = tmp_path / "sweep" / "points" / name

@@ -522,9 +522,16 @@ def check_examples(config, model: models.Model, train: FederatedDataset, test: F
       )
 
 
+def _off(value) -> bool:
+  """A Python zero: the feature it sets is left out. (A stacked sweep passes tracers for the values
+  that differ between its points; `stacked.can_stack` keeps zeros and non-zeros apart.)"""
+  return isinstance(value, (int, float)) and value == 0
+
+
 def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.Algorithm:
+  """The config's algorithm; every `stacked.VMAPPABLE` field may be a traced array."""
   a = config.algorithm
-  client_opt = optax.sgd(a.client_lr, momentum=a.client_momentum or None)
+  client_opt = optax.sgd(a.client_lr, momentum=None if _off(a.client_momentum) else a.client_momentum)
   schedule = None
   if a.client_lr_decay != 1.0:
     # FedScale's decay: x decay every decay_every rounds, floored at client_lr_min.
@@ -533,12 +540,17 @@ def build_algorithm(config, model: models.Model, engine: Engine) -> algorithms.A
     schedule = lambda r: jax.numpy.maximum(decay(r), floor)
   common = dict(weighting=a.weighting, client_lr_schedule=schedule, engine=engine)
   if a.name in ("fedavg", "fedprox"):
-    server = optax.sgd(a.server_lr, momentum=a.server_momentum or None)
+    server = optax.sgd(a.server_lr, momentum=None if _off(a.server_momentum) else a.server_momentum)
     if a.name == "fedavg":
       return algorithms.fedavg(model, client_opt, server, **common)
     return algorithms.fedprox(model, client_opt, server, mu=a.mu, **common)
   factory = {"fedyogi": algorithms.fedyogi, "fedadam": algorithms.fedadam, "fedadagrad": algorithms.fedadagrad}[a.name]
-  return factory(model, client_opt, a.server_lr, a.beta1, a.beta2, a.tau, initial_v=a.initial_v or None, **common)
+  initial_v = a.initial_v
+  if isinstance(initial_v, (int, float)):
+    initial_v = initial_v or None  # 0: tau ** 2
+  else:  # traced: 0 still means tau ** 2 (the optimizer state has the same structure either way)
+    initial_v = jax.numpy.where(initial_v > 0, initial_v, jax.numpy.square(a.tau))
+  return factory(model, client_opt, a.server_lr, a.beta1, a.beta2, a.tau, initial_v=initial_v, **common)
 
 
 def build(config, workdir: pathlib.Path, *, resume: bool = False) -> RunParts:
