@@ -17,7 +17,14 @@ def runs(tmp_path_factory):
   dirs = []
   for name, seed, lr in (("a0", 0, 0.1), ("a1", 1, 0.1), ("b0", 0, 0.3)):
     config = load_config(
-      "synthetic", "small", seed=seed, rounds=2, eval_every=1, checkpoint_every=0, **{"algorithm.client_lr": lr}
+      "synthetic",
+      "small",
+      seed=seed,
+      rounds=2,
+      eval_every=1,
+      checkpoint_every=0,
+      eval_train=True,  # the global training loss: its figure is drawn
+      **{"algorithm.client_lr": lr},
     )
     train_and_evaluate(config, root / name, show_progress=False)
     dirs.append(root / name)
@@ -27,7 +34,7 @@ def runs(tmp_path_factory):
 def test_compare_writes_the_figures_and_a_table_equal_to_the_summaries(runs):
   root, dirs = runs
   result = compare(dirs, root / "cmp")
-  for name in FIGURES:
+  for name in (*FIGURES, "global_train_loss_vs_round.png"):
     assert (root / "cmp" / name).stat().st_size > 0, name
   rows = read_csv(root / "cmp" / "compare.csv")
   assert [r["run"] for r in rows] == [str(d) for d in dirs]

@@ -55,7 +55,8 @@ def local_training(
   Args:
     model: the model.
     client_optimizer: optax transformation, re-initialised at the start of every round.
-    proximal_mu: adds ``mu / 2 * ||w - x||^2`` to the local loss (FedProx); 0 for FedAvg.
+    proximal_mu: adds ``mu / 2 * ||w - x||^2`` to the local loss (FedProx); 0 for FedAvg. May be
+      a traced array (a stacked sweep's per-point mu); the term is then always added.
     weighting: ``'num_examples'`` (w_k = n_k) or ``'uniform'`` (w_k = 1).
     client_lr_schedule: optional ``round -> scale`` (e.g. an optax schedule); the client's update
       at round r is multiplied by it, so a schedule can decay the client learning rate over
@@ -68,7 +69,8 @@ def local_training(
   """
   if weighting not in WEIGHTINGS:
     raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
-  if proximal_mu < 0:
+  static_mu = isinstance(proximal_mu, (int, float))
+  if static_mu and proximal_mu < 0:
     raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
 
   def optimizer_at(round_):
@@ -83,7 +85,7 @@ def local_training(
 
   def loss_fn(params, global_params, batch, mask, key):
     loss, per_example = model.loss(params, batch, mask, key)
-    if proximal_mu:
+    if not static_mu or proximal_mu:
       loss = loss + 0.5 * proximal_mu * tree_sq_norm(tree_sub(params, global_params))
     return loss, per_example
 

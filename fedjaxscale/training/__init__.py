@@ -7,9 +7,9 @@ cheap to import (no JAX) for tools that only read a run's files.
 import importlib
 
 _EXPORTS = {
-  "ConfigError": "fedjaxscale.training.setup",
+  "ConfigError": "fedjaxscale.training.validation",
   "build": "fedjaxscale.training.setup",
-  "check_config": "fedjaxscale.training.setup",
+  "check_config": "fedjaxscale.training.validation",
   "get_base": "fedjaxscale.training.defaults",
   "holds_run": "fedjaxscale.training.loop",
   "train_and_evaluate": "fedjaxscale.training.loop",

@@ -5,6 +5,8 @@ Written into ``DIR``:
 - ``accuracy_vs_round.png`` and ``accuracy_vs_hours.png``: test accuracy of every run against
   rounds and against simulated hours;
 - ``train_loss_vs_round.png``: training loss of the aggregated clients;
+- ``global_train_loss_vs_round.png``: the global model's loss on every client's training data
+  (the FedProx paper's training loss), when the runs evaluated it (``eval_train``);
 - ``round_durations.png``: the distribution of simulated round durations of each run (box plot);
 - ``compare.csv`` and ``compare.md``: per run, best and final accuracy, the simulated hours and
   rounds to the target accuracy, wall time and clients trained, as in each run's
@@ -286,10 +288,13 @@ def _figures(groups, out_dir: pathlib.Path, target):
   written = []
   acc = lambda r: (r.get("eval") or {}).get("accuracy")
   loss = lambda r: r.get("train_loss")
+  global_loss = lambda r: (r.get("eval_train") or {}).get("loss")
   for name, key, x_axis, ylabel, title in (
     ("accuracy_vs_round.png", acc, "round", "test accuracy", "Test accuracy vs round"),
     ("accuracy_vs_hours.png", acc, "hours", "test accuracy", "Test accuracy vs simulated time"),
     ("train_loss_vs_round.png", loss, "round", "training loss", "Training loss of the aggregated clients"),
+    # Only runs with eval_train: no file otherwise.
+    ("global_train_loss_vs_round.png", global_loss, "round", "global training loss", "Global model's training loss"),
   ):
     fig = Figure(figsize=(8, 4.5), dpi=110, layout="constrained")
     ax = fig.add_subplot()

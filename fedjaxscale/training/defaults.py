@@ -22,7 +22,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.data.seed = 0  # synthetic: data generation seed
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "logistic_regression"  # see fedjaxscale/training/setup.py MODELS
+  c.model.name = "logistic_regression"  # see fedjaxscale/training/validation.py MODELS
   c.model.num_classes = 10  # output classes
   c.model.hidden = (200, 200)  # mlp: hidden widths
   c.model.dense = 2048  # femnist_cnn: width of the dense layer

@@ -186,6 +186,95 @@ def timeline_ends(plan) -> np.ndarray:
   return np.where(dropped, np.minimum(plan.finish, plan.drop_time), plan.finish)
 
 
+def plan_members(plan, config, parts: RunParts) -> tuple[np.ndarray, np.ndarray]:
+  """The clients a synchronous plan trains and their local steps: the aggregated ones, and with
+  ``system.stragglers='partial'`` the stragglers with the whole steps they completed."""
+  members = plan.aggregated
+  max_steps = parts.full_steps[members]
+  if config.system.stragglers == "partial":
+    # FedProx keeps the work stragglers finished by the round's end instead of dropping it.
+    late = (plan.status == Status.STRAGGLER) & (plan.completed_fraction > 0)
+    done = np.floor(plan.completed_fraction[late] * parts.full_steps[plan.clients[late]]).astype(np.int64)
+    keep = done > 0
+    members = np.concatenate([members, plan.clients[late][keep]])
+    max_steps = np.concatenate([max_steps, done[keep]])
+  return members, max_steps
+
+
+def _loss_or_none(loss, none_finite: bool):
+  """A round's training loss, or None where no client gave a finite one (per point for a stacked
+  group, whose loss is an [H] array)."""
+  if np.ndim(loss):
+    return [_loss_or_none(float(x), none_finite) for x in loss]
+  return None if none_finite or not np.isfinite(loss) else loss
+
+
+def sync_round(run, apply):
+  """One synchronous round up to its record: `_Run`'s, and ``stacked_run``'s for a stacked group.
+
+  Plans the round on the simulated clock, gathers the cohort of `plan_members`, trains it with
+  ``apply(state, cohort, members, key) -> (state, diagnostics)``, and reports the clients' losses
+  to the selection policy. Updates ``run.state`` and ``run.clients_trained``.
+
+  Args:
+    run: what the round reads: ``p`` (`RunParts`), ``config``, ``round``, ``key``, ``state``,
+      ``up_bytes``, ``clients_trained``, ``_tick(phase, since)`` and ``_cohort(members, max_steps=,
+      seed_offset=)``.
+    apply: trains a cohort from ``state``.
+
+  Returns:
+    ``(record, diagnostics, plan, members)``: the round's metrics record (no round number, eval or
+    timing yet; ``train_loss`` is a list per point when the diagnostics hold one loss per point),
+    the algorithm's diagnostics (None when nobody finished), the plan and the clients trained.
+  """
+  p, config = run.p, run.config
+  tic = time.perf_counter()
+  plan = p.planner.plan_round()
+  run._tick("plan", tic)
+  members, max_steps = plan_members(plan, config, p)
+  record = {
+    "clock_s": float(plan.end_time),
+    "round_duration_s": float(plan.duration),
+    "selected": int(len(plan.clients)),
+    "aggregated": int(len(plan.aggregated)),
+    "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
+    "dropped": int(np.sum(plan.status == Status.DROPPED)),
+    "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
+    "bytes_up": run.up_bytes * int(len(members)),
+    "trained": int(len(members)),
+  }
+  if plan.short:
+    record["note"] = plan.message
+  if not len(members):  # nobody finished: the clock moved, the model did not
+    run.state = run.state._replace(round=run.state.round + 1)
+    p.planner.report(plan, np.zeros(0))
+    return record, None, plan, members
+  tic = time.perf_counter()
+  cohort = run._cohort(members, max_steps=max_steps, seed_offset=0)
+  tic = run._tick("gather", tic)
+  run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
+  run._tick("engine", tic)
+  n = len(plan.aggregated)
+  finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
+  loss_sq = np.asarray(diagnostics["client_loss_sq"][:n])
+  if loss_sq.ndim == 2:  # a stacked group's [clients, H]: point 0's (only uniform selection, which ignores them)
+    loss_sq = loss_sq[:, 0]
+  # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
+  p.planner.report(plan, loss_sq, finite=finite)
+  record.update(
+    train_loss=_loss_or_none(diagnostics["train_loss"], diagnostics["num_nonfinite"] == len(members)),
+    nonfinite=diagnostics["num_nonfinite"],
+    padding_efficiency=diagnostics["padding_efficiency"],
+  )
+  if "states_stored" in diagnostics:  # stateful algorithms: clients holding a state so far
+    record["states_stored"] = diagnostics["states_stored"]
+  run.clients_trained += len(members)
+  for key in ("clip_norm", "clipped_fraction", "noise_std"):
+    if key in diagnostics:
+      record[key] = diagnostics[key]
+  return record, diagnostics, plan, members
+
+
 def _all_finite(tree) -> bool:
   return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact))
 
@@ -339,66 +428,11 @@ class _Run:
       self.checkpointer.close()
 
   def _sync_round(self):
-    p, config = self.p, self.config
-    tic = time.perf_counter()
-    plan = p.planner.plan_round()
-    self._tick("plan", tic)
-    members = plan.aggregated
-    max_steps = p.full_steps[members]
-    if config.system.stragglers == "partial":
-      # FedProx keeps the work stragglers finished by the round's end instead of dropping it.
-      late = (plan.status == Status.STRAGGLER) & (plan.completed_fraction > 0)
-      done = np.floor(plan.completed_fraction[late] * p.full_steps[plan.clients[late]]).astype(np.int64)
-      keep = done > 0
-      members = np.concatenate([members, plan.clients[late][keep]])
-      max_steps = np.concatenate([max_steps, done[keep]])
-    record = {
-      "clock_s": float(plan.end_time),
-      "round_duration_s": float(plan.duration),
-      "selected": int(len(plan.clients)),
-      "aggregated": int(len(plan.aggregated)),
-      "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
-      "dropped": int(np.sum(plan.status == Status.DROPPED)),
-      "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-      "bytes_up": self.up_bytes * int(len(members)),
-      "trained": int(len(members)),
-    }
-    if plan.short:
-      record["note"] = plan.message
-    if len(members):
-      tic = time.perf_counter()
-      cohort = self._cohort(members, max_steps=max_steps, seed_offset=0)
-      tic = self._tick("gather", tic)
-      key = jax.random.fold_in(self.key, self.round)
-      if self.client_states is None:
-        self.state, diagnostics = self.algorithm.apply(self.state, cohort, key)
-      else:
-        self.state, diagnostics = self.client_states.apply(self.state, cohort, members, key)
-      self._tick("engine", tic)
-      n = len(plan.aggregated)
-      finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
-      # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
-      p.planner.report(plan, diagnostics["client_loss_sq"][:n], finite=finite)
-      loss = diagnostics["train_loss"]
-      no_loss = diagnostics["num_nonfinite"] == len(members) or not np.isfinite(loss)
-      record.update(
-        train_loss=None if no_loss else loss,
-        nonfinite=diagnostics["num_nonfinite"],
-        padding_efficiency=diagnostics["padding_efficiency"],
-      )
-      if "states_stored" in diagnostics:  # stateful algorithms: clients holding a state so far
-        record["states_stored"] = diagnostics["states_stored"]
-      if no_loss:
-        self._warn_nonfinite(len(members), diagnostics["num_nonfinite"])
-      self.clients_trained += len(members)
-      for key in ("clip_norm", "clipped_fraction", "noise_std"):
-        if key in diagnostics:
-          record[key] = diagnostics[key]
-    else:  # nobody finished: the clock moved, the model did not
-      self.state = self.state._replace(round=self.state.round + 1)
-      p.planner.report(plan, np.zeros(0))
+    record, diagnostics, plan, members = sync_round(self, self._train)
+    if diagnostics is not None and record["train_loss"] is None:
+      self._warn_nonfinite(record["trained"], diagnostics["num_nonfinite"])
     if self.privacy is not None:  # every round is a release (an empty one too), accounted as the run sampled it
-      pool = 0 if self.privacy.poisson else int(p.traces.availability.online_mask(plan.start_time).sum())
+      pool = 0 if self.privacy.poisson else int(self.p.traces.availability.online_mask(plan.start_time).sum())
       record["epsilon"] = self.privacy.record_round(pool, plan.clients, members)
     ended = timeline_ends(plan)
     self.writer.write_timeline(
@@ -406,6 +440,11 @@ class _Run:
     )
     finished = plan.status == Status.AGGREGATED
     return record, (plan.finish - plan.start)[finished]
+
+  def _train(self, state, cohort, members, key):
+    if self.client_states is None:
+      return self.algorithm.apply(state, cohort, key)
+    return self.client_states.apply(state, cohort, members, key)
 
   def _async_step(self):
     p = self.p

@@ -1,7 +1,7 @@
 """Many hyperparameter points as one program: an algorithm whose parameters carry a leading [H] axis.
 
-A sweep over training hyperparameters only (client and server learning rates, the adaptive
-servers' betas and tau) shares everything the scheduler decides: the same clients, the same
+A sweep over training hyperparameters only (client and server learning rates and momenta,
+FedProx's mu, the adaptive servers' betas, tau and v_0) shares everything the scheduler decides: the same clients, the same
 cohorts, the same keys. ``stacked_algorithm`` builds, on the engine's public interface, one
 ``Algorithm`` whose ``ClientProgram`` ``jax.vmap``s each point's own program over H with that
 point's hyperparameters as traced arrays (the point's optax optimizers are built inside the
@@ -20,6 +20,7 @@ Differences from H separate runs, all documented where they arise:
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -32,19 +33,54 @@ from fedjaxscale.algorithms import Algorithm, ServerState, Shared
 from fedjaxscale.engine import Aggregate, ClientOutput, ClientProgram, Engine
 
 # Config fields a stacked group may differ in: each enters the algorithm only as a number in
-# arithmetic (optax learning rates, the FedOpt moments), so it can be a traced array.
+# arithmetic (optax learning rates and momenta, FedProx's proximal term, the FedOpt moments), so it
+# can be a traced array. Not here: the client lr decay (optax's schedule branches on its rate) and
+# its period, the weighting, the algorithm's name; those split a sweep into groups.
 VMAPPABLE = (
   "algorithm.client_lr",
+  "algorithm.client_momentum",
+  "algorithm.client_lr_min",
+  "algorithm.mu",
   "algorithm.server_lr",
+  "algorithm.server_momentum",
   "algorithm.beta1",
   "algorithm.beta2",
   "algorithm.tau",
+  "algorithm.initial_v",
 )
+# Of those, fields whose zero turns a feature off (no momentum: no optimizer state for it): points
+# with a zero and points with a non-zero value have differently shaped states, so they never share
+# a group.
+ZERO_IS_OFF = ("algorithm.client_momentum", "algorithm.server_momentum")
 
 
 def can_stack(config) -> bool:
-  """Whether a config's run can share its plan with others that differ only in `VMAPPABLE`."""
-  return config.system.mode == "sync" and config.system.selection == "random"
+  """Whether a config's run can share its plan with others that differ only in `VMAPPABLE`.
+
+  Synchronous rounds with uniform selection (its choices ignore the points' losses), and none of
+  what `stacked_run` does not carry: stateful algorithms (SCAFFOLD, Ditto), DP, update encoders,
+  secure aggregation, per-client evaluation. Those points run one at a time.
+  """
+  return (
+    config.system.mode == "sync"
+    and config.system.selection == "random"
+    and config.algorithm.name in ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
+    and not config.privacy.enabled
+    and config.compression.encoder == "none"
+    and not config.secagg.enabled
+    and not config.eval_personal
+  )
+
+
+def group_key(config) -> str:
+  """Equal for configs that can run as one stacked group (`can_stack` them first)."""
+  flat = json.loads(config.to_json_best_effort())
+  for field in VMAPPABLE:
+    section, name = field.split(".")
+    value = flat[section].pop(name, None)
+    if field in ZERO_IS_OFF:
+      flat[section][f"{name}__is_zero"] = value == 0
+  return json.dumps(flat, sort_keys=True)
 
 
 def stacked_algorithm(config, hyper: dict[str, Sequence[float]], model, engine: Engine, build) -> Algorithm:
@@ -63,15 +99,20 @@ def stacked_algorithm(config, hyper: dict[str, Sequence[float]], model, engine: 
     (the round counter is shared); ``apply``'s diagnostics carry ``train_loss`` as an [H] array
     and per-client metrics as ``[clients, H]``.
   """
-  names = sorted(hyper)
-  unknown = [n for n in names if n not in VMAPPABLE]
+  unknown = [n for n in hyper if n not in VMAPPABLE]
   if unknown:
     raise ValueError(f"fields {unknown} cannot be stacked; stackable: {VMAPPABLE}")
-  values = {n: np.asarray(hyper[n], np.float32) for n in names}
-  sizes = {v.shape for v in values.values()}
+  sizes = {np.shape(v) for v in hyper.values()}
   if len(sizes) != 1 or len(next(iter(sizes))) != 1:
     raise ValueError(f"every stacked field needs one [H] vector of values, got shapes {sizes}")
   num_points = next(iter(sizes))[0]
+  # A field equal in every point stays a Python number (as in a run alone: a zero momentum then
+  # means no momentum state); the others become traced [H] arrays.
+  names = sorted(n for n in hyper if len({float(v) for v in hyper[n]}) > 1)
+  off = [n for n in names if n in ZERO_IS_OFF and 0 in {float(v) for v in hyper[n]}]
+  if off:
+    raise ValueError(f"fields {off} are zero in some points only (different optimizer states): not one group")
+  values = {n: np.asarray(hyper[n], np.float32) for n in names}
   base = config.algorithm.to_dict()
 
   def point(hp) -> Algorithm:

@@ -1,7 +1,7 @@
 """Runs a group of sweep points that share one system plan as one stacked program.
 
-The synchronous round of ``training.loop`` (same planner, same cohorts, same keys, same record
-fields), with a `stacked.stacked_algorithm` in place of the algorithm, and the results split
+The synchronous round of ``training.loop`` (its `loop.sync_round`: same planner, same cohorts,
+same keys, same record fields), with a `stacked.stacked_algorithm` in place of the algorithm, and the results split
 into one workdir per point holding the files a run of that point alone writes: ``config.json``,
 ``metrics.jsonl``, ``timeline.csv``, ``availability.csv``, ``tensorboard/``, ``summary.json``,
 ``plots/`` and ``checkpoints/`` (each point's own server state, so a point can be resumed or
@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 from fedjaxscale.algorithms import ServerState
-from fedjaxscale.data import gather_cohort
+from fedjaxscale.data import gather_cohort, plan_shapes
 from fedjaxscale.engine import Evaluator
 from fedjaxscale.scheduler import Status
-from fedjaxscale.training import outputs, plots, stacked
+from fedjaxscale.training import loop, outputs, plots, stacked
 from fedjaxscale.training.checkpoint import Checkpointer
 from fedjaxscale.training.progress import Progress
 from fedjaxscale.training.setup import ConfigError, build, build_algorithm, check_config, model_bytes
@@ -66,6 +66,15 @@ class _Group:
     self.state = self.algorithm.init(p.model.init(init_key))
     self.evaluator = Evaluator(p.model, self.engine, config.eval_batch_size)
     self.checkpointers = [Checkpointer(w / "checkpoints") for w in workdirs]
+    # As a run alone (`loop._Run`): resident training features, the same cohort shapes.
+    make_resident = getattr(self.engine, "make_resident", None)
+    if make_resident is not None:
+      make_resident(p.train.features)
+    sizes, most = loop.cohort_sizes(config)
+    self.shapes = plan_shapes(
+      p.full_steps, sizes, max_clients=most, lane_multiple=self.engine.client_multiple, seed=config.seed
+    )
+    self.up_bytes = model_bytes(p.num_params)  # no update encoders in a stacked group
     self.round, self.wall_before, self.clients_trained = 0, 0.0, 0
     if resume:
       self._restore()
@@ -130,49 +139,11 @@ class _Group:
         ckpt.close()
 
   def _round(self):
-    """``training.loop``'s synchronous round, with per-point training losses."""
-    p, config = self.p, self.config
-    tic = time.perf_counter()
-    plan = p.planner.plan_round()
-    self._tick("plan", tic)
-    members = plan.aggregated
-    max_steps = p.full_steps[members]
-    if config.system.stragglers == "partial":
-      late = (plan.status == Status.STRAGGLER) & (plan.completed_fraction > 0)
-      done = np.floor(plan.completed_fraction[late] * p.full_steps[plan.clients[late]]).astype(np.int64)
-      keep = done > 0
-      members = np.concatenate([members, plan.clients[late][keep]])
-      max_steps = np.concatenate([max_steps, done[keep]])
-    record = {
-      "clock_s": float(plan.end_time),
-      "round_duration_s": float(plan.duration),
-      "selected": int(len(plan.clients)),
-      "aggregated": int(len(plan.aggregated)),
-      "stragglers": int(np.sum(plan.status == Status.STRAGGLER)),
-      "dropped": int(np.sum(plan.status == Status.DROPPED)),
-      "bytes_down": model_bytes(p.num_params) * int(len(plan.clients)),
-      "bytes_up": model_bytes(p.num_params) * int(len(members)),
-      "trained": int(len(members)),
-    }
-    if plan.short:
-      record["note"] = plan.message
-    per_point = [{} for _ in self.workdirs]
-    if len(members):
-      tic = time.perf_counter()
-      cohort = self._cohort(members, max_steps)
-      tic = self._tick("gather", tic)
-      self.state, diagnostics = self.algorithm.apply(self.state, cohort, jax.random.fold_in(self.key, self.round))
-      self._tick("engine", tic)
-      # Only the uniform policy is stacked (stacked.can_stack): it ignores the losses.
-      p.planner.report(plan, diagnostics["client_loss_sq"][: len(plan.aggregated), 0])
-      record.update(nonfinite=diagnostics["num_nonfinite"], padding_efficiency=diagnostics["padding_efficiency"])
-      for h, loss in enumerate(diagnostics["train_loss"]):
-        per_point[h]["train_loss"] = float(loss)
-      self.clients_trained += len(members)
-    else:
-      self.state = self.state._replace(round=self.state.round + 1)
-      p.planner.report(plan, np.zeros(0))
-    ended = np.minimum(plan.finish, plan.drop_time)
+    """``training.loop``'s synchronous round (`loop.sync_round`), with per-point training losses."""
+    record, _, plan, _ = loop.sync_round(self, self._apply)
+    losses = record.pop("train_loss", None)  # one per point; absent when nobody finished
+    per_point = [{} for _ in self.workdirs] if losses is None else [{"train_loss": loss} for loss in losses]
+    ended = loop.timeline_ends(plan)
     for writer in self.writers:
       writer.write_timeline(
         self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
@@ -180,15 +151,19 @@ class _Group:
     finished = plan.status == Status.AGGREGATED
     return record, per_point, (plan.finish - plan.start)[finished]
 
+  def _apply(self, state, cohort, members, key):
+    del members  # no client states in a stacked group (stacked.can_stack)
+    return self.algorithm.apply(state, cohort, key)
+
   def _tick(self, phase: str, since: float) -> float:
     now = time.perf_counter()
     self.timings[phase] += now - since
     return now
 
-  def _cohort(self, members, max_steps):
+  def _cohort(self, members, *, max_steps=None, seed_offset=0):
     local = self.config.local
     mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
-    seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003
+    seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003 + seed_offset
     return gather_cohort(
       self.p.train,
       members,
@@ -197,7 +172,7 @@ class _Group:
       seed=seed,
       max_steps=max_steps,
       lane_multiple=self.engine.client_multiple,
-      reuse_shapes=sorted(self.engine.lane_shapes),
+      shapes=self.shapes,
     )
 
   def _availability(self):

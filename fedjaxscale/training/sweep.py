@@ -17,10 +17,10 @@ The sweep's directory::
     tensorboard/NAME/     TensorBoard hparams of each point (``tensorboard --logdir DIR``)
 
 Points that share one system plan (synchronous, uniform selection, differing only in
-`stacked.VMAPPABLE` fields: learning rates and the adaptive servers' settings) run together as
+`stacked.VMAPPABLE` fields: learning rates, momenta, mu and the servers' settings) run together as
 one compiled program with a vmapped hyperparameter axis (`stacked_run`); the others run one after
-another. Caveat of stacking: a client whose update is non-finite in ANY point of a group is left
-out of every point's aggregate. A sweep resumes like a run (``resume=True``): finished points
+another (`stacked.can_stack` says which configs stack). Caveat of stacking: a client whose update
+is non-finite in ANY point of a group is left out of every point's aggregate. A sweep resumes like a run (``resume=True``): finished points
 are kept, started ones continue from their checkpoints.
 """
 
@@ -97,11 +97,7 @@ def groups(pts, *, stack: bool = True) -> list[list[int]]:
   keyed: dict[str, list[int]] = {}
   for i, (_, _, c) in enumerate(pts):
     if stack and stacked.can_stack(c):
-      flat = json.loads(c.to_json_best_effort())
-      for f in stacked.VMAPPABLE:
-        section, name = f.split(".")
-        flat[section].pop(name, None)
-      key = json.dumps(flat, sort_keys=True)
+      key = stacked.group_key(c)
     else:
       key = f"__alone_{i}"
     keyed.setdefault(key, []).append(i)
