@@ -5,7 +5,9 @@ Two workloads, each timed on both sides in the same run (best of n, after a warm
 1. **FEMNIST CNN** (LEAF's: 5x5 convolutions of 32 and 64 channels, max-pools, dense 2048, 62
    classes), 10 clients x 5 SGD steps of batch 20. PyTorch: for each client, copy the model, take 5
    steps, add the delta to a sum (2 threads, as this machine's cores). fedjaxscale: the same cohort
-   through ``make_cohort`` + ``algorithms.fedavg(...).apply``.
+   through ``make_cohort`` + ``algorithms.fedavg(...).apply``. The PyTorch loop runs once before and
+   once after fedjaxscale (its threads lose up to 10x when another process takes a core), each
+   beside the load it saw; the headline ratio takes its faster run.
 2. **Logistic regression**, 1,000 clients x 50 examples, 20 features, 2 classes, one local epoch
    of batch 10, a cohort of 100 and of 1,000 clients drawn every round. pfl 0.6 (PyTorch model,
    ``FederatedAveraging`` on a ``SimulatedBackend``, one process). fedjaxscale: every round
@@ -294,13 +296,20 @@ def main():
   from engine import machine_lines
 
   load = os.getloadavg()
-  fjs_cnn = fjs_femnist(repeats)
-  print("fedjaxscale FEMNIST", fjs_cnn, flush=True)
+  # PyTorch's threads slow down by up to 10x when another process takes a core, so the PyTorch
+  # loop runs before and after fedjaxscale, each with the load it saw; the ratio uses its faster run.
+  torch_runs = []
+  for side in ("before", "after"):
+    if side == "after":
+      fjs_load = os.getloadavg()[0]
+      fjs_cnn = fjs_femnist(repeats)
+      print("fedjaxscale FEMNIST", fjs_cnn, flush=True)
+    run = dict(run_peer("torch", args), side=side, load=os.getloadavg()[0])
+    print("torch", run, flush=True)
+    torch_runs.append(run)
   with tempfile.TemporaryDirectory() as tmp:
     fjs_lr = fjs_logreg(cohorts, rounds, pathlib.Path(tmp))
   print("fedjaxscale logreg", fjs_lr, flush=True)
-  torch_cnn = run_peer("torch", args)
-  print("torch", torch_cnn, flush=True)
   pfl_lr = run_peer("pfl", args)
   print("pfl", pfl_lr, flush=True)
   load_end = os.getloadavg()
@@ -314,17 +323,23 @@ def main():
     "",
     "## FEMNIST CNN, 10 clients x 5 SGD steps of batch 20",
     "",
-    "| | round s (best of n) | **fedjaxscale speed-up** |",
-    "| --- | ---: | ---: |",
-    f"| fedjaxscale (`make_cohort` + `fedavg(...).apply`) | {fjs_cnn['round_s']:.3f} [{fjs_cnn['runs']}] | |",
+    "| | round s (best of n) | 1-min load when it ended | **fedjaxscale speed-up** |",
+    "| --- | ---: | ---: | ---: |",
+    f"| fedjaxscale (`make_cohort` + `fedavg(...).apply`) | {fjs_cnn['round_s']:.3f} [{fjs_cnn['runs']}] "
+    f"| {fjs_load:.2f} (at its start) | |",
   ]
-  if "error" in torch_cnn:
-    lines.append(f"| PyTorch loop | not run: {torch_cnn['error']} | |")
-  else:
-    lines.append(
-      f"| PyTorch {torch_cnn['torch']} one client at a time, {torch_cnn['threads']} threads | "
-      f"{torch_cnn['round_s']:.3f} [{torch_cnn['runs']}] | **{torch_cnn['round_s'] / fjs_cnn['round_s']:.2f}x** |"
-    )
+  ok = [r for r in torch_runs if "error" not in r]
+  for r in torch_runs:
+    if "error" in r:
+      lines.append(f"| PyTorch loop, {r['side']} | not run: {r['error']} | | |")
+    else:
+      lines.append(
+        f"| PyTorch {r['torch']} one client at a time, {r['threads']} threads, run {r['side']} fedjaxscale | "
+        f"{r['round_s']:.3f} [{r['runs']}] | {r['load']:.2f} | {r['round_s'] / fjs_cnn['round_s']:.2f}x |"
+      )
+  if ok:
+    best = min(r["round_s"] for r in ok)
+    lines += ["", f"Against PyTorch's faster run: **{best / fjs_cnn['round_s']:.2f}x**."]
   lines += [
     "",
     "## Logistic regression, 1,000 clients x 50 examples, 20 features, 2 classes, 1 epoch of batch 10",
