@@ -100,7 +100,12 @@ def test_compression_small_times_uploads_from_the_encoder(tmp_path):
     ({"compression.encoder": "quantize", "compression.bits": 0}, "compression.bits: must be an integer in 1..32"),
     ({"compression.encoder": "quantize", "compression.bits": 33}, "compression.bits: must be an integer in 1..32"),
     ({"compression.encoder": "topk", "compression.topk": 10**6}, "compression.topk: .*k=1000000 entries"),
-    ({"compression.encoder": "topk", "compression.topk": 5, "compression.error_feedback": True}, "state store"),
+    ({"compression.error_feedback": True}, r"compression.error_feedback: needs compression.encoder"),
+    (
+      {"compression.encoder": "quantize", "compression.rotate": True, "compression.rotation_block": 1000},
+      "compression.rotation_block: must be a power of 2",
+    ),
+    ({"algorithm.name": "scaffold"}, "algorithm.name: scaffold keeps client states of its own"),
     ({"system.selection": "oort"}, "privacy.enabled: .*training losses"),
     ({"system.mode": "async"}, "system.mode='sync'"),
   ],

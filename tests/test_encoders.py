@@ -71,8 +71,6 @@ def test_top_k_keeps_the_largest_and_counts_bits():
   assert enc.num_bits(8) == 3 * (32 + 3) and enc.num_bits(1000) == 3 * (32 + 10)
   with pytest.raises(ValueError, match="k=3 entries but the update has only 2"):
     enc.num_bits(2)
-  with pytest.raises(ValueError, match="state store"):
-    encoders.top_k(3, error_feedback=True)
   with pytest.raises(ValueError, match="bits"):
     encoders.stochastic_quantizer(0)
   with pytest.raises(ValueError, match="bits"):

@@ -343,11 +343,22 @@ def _check_privacy(config) -> None:
     )
   if cp.encoder == "topk":
     _require(int(cp.topk) == cp.topk and cp.topk >= 1, "compression.topk", f"must be an integer >= 1, got {cp.topk}")
+  if cp.encoder == "quantize" and cp.rotate:
+    b = cp.rotation_block
     _require(
-      not cp.error_feedback,
-      "compression.error_feedback",
-      "is not available: top-k error feedback needs a per-client state store, which has not landed",
+      int(b) == b and b >= 1 and int(b) & (int(b) - 1) == 0,
+      "compression.rotation_block",
+      f"must be a power of 2, got {b}",
     )
+  if cp.error_feedback:
+    _require(cp.encoder != "none", "compression.error_feedback", "needs compression.encoder ('topk' or 'quantize')")
+    _require(s.mode == "sync", "compression.error_feedback", "keeps client states: synchronous rounds only")
+  _require(
+    config.algorithm.name not in client_states.STATEFUL or not (pv.enabled or cp.encoder != "none" or sa.enabled),
+    "algorithm.name",
+    f"{config.algorithm.name} keeps client states of its own; DP, compression and secure aggregation wrap "
+    "the stateless algorithms (fedavg, fedprox, fedyogi, fedadam, fedadagrad)",
+  )
   if cp.encoder != "none":
     _require(
       s.compression == 1.0,
@@ -586,6 +597,11 @@ def build(config, workdir: pathlib.Path, *, resume: bool = False) -> RunParts:
   local = config.local
   bits = model_bits(num_params, "float32")
   algorithm, ledger, up_bits = _wrap_private(config, algorithm, train.num_clients, num_params)
+  if config.compression.error_feedback:  # the residuals' store, sized before anything is written
+    try:
+      client_states.plan_store(config, algorithm, model, train.num_clients, workdir)
+    except StoreTooLarge as e:
+      raise ConfigError(f"config.{e}") from None
   if local.local_steps > 0:
     latency = LatencyModel(
       bits,
@@ -640,7 +656,7 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
   s, pv, cp, sa = config.system, config.privacy, config.compression, config.secagg
   encoder, up_bits = None, None
   if cp.encoder != "none":
-    encoder = encoders.from_config(cp.encoder, bits=cp.bits, rotate=cp.rotate, k=cp.topk)
+    encoder = encoders.from_config(cp.encoder, bits=cp.bits, rotate=cp.rotate, k=cp.topk, block=cp.rotation_block)
     try:
       up_bits = encoder.num_bits(num_params)
     except ValueError as e:  # top-k larger than the update
@@ -673,7 +689,9 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
   if sa.enabled:
     sec = secagg.secagg(sa.bits, sa.range or pv.clip_norm * expected)
     up_bits = int(sa.bits) * num_params  # modular sums need the dense vector: the encoder's savings are lost
-  wrapped = dp.private_aggregation(algorithm, encoder=encoder, secure_aggregation=sec, seed=config.seed, **kwargs)
+  wrapped = dp.private_aggregation(
+    algorithm, encoder=encoder, secure_aggregation=sec, error_feedback=cp.error_feedback, seed=config.seed, **kwargs
+  )
   return wrapped, ledger, up_bits
 
 
