@@ -136,3 +136,16 @@ def test_cli_exits_2_naming_the_field(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert "privacy.delta" in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_sweeps_do_not_stack_wrapped_aggregation():
+  """A stacked sweep builds the bare algorithm: DP, encoders and SecAgg points must run one at a time."""
+  from fedjaxscale.training import stacked
+
+  plain = load_config("compression", "small", **{"compression.encoder": "none"})
+  assert stacked.can_stack(plain)
+  assert not stacked.can_stack(load_config("compression", "small"))
+  assert not stacked.can_stack(load_config("dp_fedavg", "small", **{"system.selection": "random"}))
+  assert not stacked.can_stack(
+    load_config("compression", "small", **{"compression.encoder": "none", "secagg.enabled": True})
+  )

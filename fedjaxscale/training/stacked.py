@@ -43,8 +43,12 @@ VMAPPABLE = (
 
 
 def can_stack(config) -> bool:
-  """Whether a config's run can share its plan with others that differ only in `VMAPPABLE`."""
-  return config.system.mode == "sync" and config.system.selection == "random"
+  """Whether a config's run can share its plan with others that differ only in `VMAPPABLE`.
+
+  DP, update encoders and secure aggregation wrap the algorithm (``algorithms.dp``), which the
+  stacked algorithm does not: such points run one at a time."""
+  wrapped = config.privacy.enabled or config.compression.encoder != "none" or config.secagg.enabled
+  return config.system.mode == "sync" and config.system.selection == "random" and not wrapped
 
 
 def stacked_algorithm(config, hyper: dict[str, Sequence[float]], model, engine: Engine, build) -> Algorithm:
