@@ -256,13 +256,11 @@ def stochastic_quantizer(bits: int, rotate: bool = False, block: int = ROTATION_
 
 
 def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
-  """Exactly k True at the entries of largest magnitude (ties at the k-th: the lowest indices, as
-  ``lax.top_k`` breaks them), without a scatter: the k-th magnitude from ``lax.top_k``, then a mask."""
-  a = jnp.abs(x)
-  kth = jnp.min(jax.lax.top_k(a, k)[0])
-  above = a > kth
-  tie = a == kth
-  return above | (tie & (jnp.cumsum(tie) <= k - jnp.sum(above)))
+  """Exactly k True at the entries of largest magnitude (``lax.top_k``'s choice among ties: the
+  lowest indices). A scatter of k booleans and a select: cheaper on XLA:CPU than gathering and
+  scattering the values, and than a tie-break by cumulative sum (measured)."""
+  _, index = jax.lax.top_k(jnp.abs(x), k)
+  return jnp.zeros(x.shape, bool).at[index].set(True)
 
 
 def top_k(k: int) -> UpdateEncoder:
