@@ -9,7 +9,7 @@ Like optax's ``GradientTransformation``, an encoder is a NamedTuple of pure func
   known before training from the encoder's settings and the model's shape (so the scheduler can
   time the upload: ``upload_s = num_bits / (up_kbps * 1000)``);
 * ``roundtrip(vector, key) -> vector``: ``decode(encode(vector, key), size)`` computed without
-  forming the payload (no integer casts, no index scatter): the simulation never needs the payload
+  forming the payload (no integer casts, no gathered values): the simulation never needs the payload
   off the device, so this is what runs inside the compiled round. It equals the composition
   exactly (the tests check it bit for bit).
 
