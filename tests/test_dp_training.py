@@ -100,7 +100,12 @@ def test_compression_small_times_uploads_from_the_encoder(tmp_path):
     ({"compression.encoder": "quantize", "compression.bits": 0}, "compression.bits: must be an integer in 1..32"),
     ({"compression.encoder": "quantize", "compression.bits": 33}, "compression.bits: must be an integer in 1..32"),
     ({"compression.encoder": "topk", "compression.topk": 10**6}, "compression.topk: .*k=1000000 entries"),
-    ({"compression.encoder": "topk", "compression.topk": 5, "compression.error_feedback": True}, "state store"),
+    ({"compression.error_feedback": True}, r"compression.error_feedback: needs compression.encoder"),
+    (
+      {"compression.encoder": "quantize", "compression.rotate": True, "compression.rotation_block": 1000},
+      "compression.rotation_block: must be a power of 2",
+    ),
+    ({"algorithm.name": "scaffold"}, "algorithm.name: scaffold keeps client states of its own"),
     ({"system.selection": "oort"}, "privacy.enabled: .*training losses"),
     ({"system.mode": "async"}, "system.mode='sync'"),
   ],
@@ -131,3 +136,16 @@ def test_cli_exits_2_naming_the_field(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert "privacy.delta" in out.stderr and "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_sweeps_do_not_stack_wrapped_aggregation():
+  """A stacked sweep builds the bare algorithm: DP, encoders and SecAgg points must run one at a time."""
+  from fedjaxscale.training import stacked
+
+  plain = load_config("compression", "small", **{"compression.encoder": "none"})
+  assert stacked.can_stack(plain)
+  assert not stacked.can_stack(load_config("compression", "small"))
+  assert not stacked.can_stack(load_config("dp_fedavg", "small", **{"system.selection": "random"}))
+  assert not stacked.can_stack(
+    load_config("compression", "small", **{"compression.encoder": "none", "secagg.enabled": True})
+  )

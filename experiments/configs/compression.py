@@ -2,19 +2,21 @@
 
 Each client's update is stochastically quantized on device to b bits a number after a random
 Hadamard rotation (Suresh et al., "Distributed Mean Estimation with Limited Communication",
-ICML 2017, arXiv:1611.00429); the scheduler times its upload from the encoder's exact size
-(``d' b + 64`` bits, d' the update's size padded to a power of 2), so upload time, stragglers and
-round duration shrink with b while the update gets noisier. An MLP of 297k parameters on
-Synthetic(1, 1) makes the float32 upload (9.5 Mbit: 1.6 s at the traces' median 6 Mbit/s, 6 s at
-their 10th percentile) matter beside the local compute.
+ICML 2017, arXiv:1611.00429) in blocks of ``compression.rotation_block`` = 4,096 numbers; the
+scheduler times its upload from the encoder's exact size (``d' b + 64`` bits, d' the update's
+size padded to a multiple of the block: 303,104 for 299,018 parameters), so upload time,
+stragglers and round duration shrink with b while the update gets noisier. An MLP of 299k
+parameters on Synthetic(1, 1) makes the float32 upload (9.6 Mbit: 1.6 s at the traces' median
+6 Mbit/s, 6 s at their 10th percentile) matter beside the local compute.
 
     fedjaxscale --config=experiments/configs/compression.py:bits=4 --workdir=runs/q4
     fedjaxscale --config=experiments/configs/compression.py:bits=32 --workdir=runs/q32   # float32
     fedjaxscale --config=experiments/configs/compression.py:topk=10000 --workdir=runs/top10k
+    fedjaxscale --config=experiments/configs/compression.py:topk=10000,ef --workdir=runs/top10k_ef  # error feedback
     fedjaxscale --config=experiments/configs/compression.py:small,bits=2 --workdir=/tmp/fjs/q2   # seconds
 
-Variants (comma-separated): ``bits=<1..32>`` (default 8), ``norotate``, ``topk=<k>``,
-``rounds=<n>``, ``small``.
+Variants (comma-separated): ``bits=<1..32>`` (default 8), ``norotate``, ``topk=<k>``, ``ef``
+(error feedback: each client's residual kept in the client-state store), ``rounds=<n>``, ``small``.
 """
 
 from fedjaxscale.training.defaults import get_base
@@ -46,6 +48,8 @@ def get_config(arg: str | None = None):
     elif key == "topk":
       c.compression.encoder = "topk"
       c.compression.topk = int(value)
+    elif key == "ef":
+      c.compression.error_feedback = True
     elif key == "rounds":
       c.rounds = int(value)
     elif key == "small":  # for laptops and tests
@@ -57,5 +61,7 @@ def get_config(arg: str | None = None):
       c.eval_every = 3
       c.checkpoint_every = 2
     else:
-      raise ValueError(f"unknown variant {part!r} of compression.py; expected bits=, norotate, topk=, rounds= or small")
+      raise ValueError(
+        f"unknown variant {part!r} of compression.py; expected bits=, norotate, topk=, ef, rounds= or small"
+      )
   return c

@@ -28,6 +28,20 @@ multiplier is ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)`` (Andrew et al., Theor
 
 Without ``clip_norm`` (no DP), an encoder and/or secure aggregation alone wrap the clients'
 updates, and the server keeps the usual weighted mean.
+
+With ``error_feedback`` (for a biased encoder such as top-k) each client keeps the part of its
+update the encoder did not send and adds it to its next update before encoding:
+
+    v_k = Delta_k + e_k,   sent_k = decode(encode(v_k)),   e_k <- v_k - sent_k
+
+(e_k = 0 before the client's first round; a client that is not aggregated keeps its e_k).
+Sparsified SGD with Memory. Sebastian U. Stich, Jean-Baptiste Cordonnier, Martin Jaggi. NeurIPS
+2018. arXiv:1809.07599. Error Feedback Fixes SignSGD and other Gradient Compression Schemes. Sai
+Praneeth Karimireddy, Quentin Rebjock, Sebastian U. Stich, Martin Jaggi. ICML 2019.
+arXiv:1901.09847. The residuals are per-client state: the wrapped algorithm is then a
+``StatefulAlgorithm`` whose residuals live in the client-state store between rounds (and in the
+run's checkpoints), shaped like the parameters in float32. With DP the residual is added after
+clipping and the upload is scaled back to C, so the sensitivity stays C.
 """
 
 from typing import Any, NamedTuple
@@ -38,12 +52,14 @@ import numpy as np
 import optax
 
 from fedjaxscale.algorithms import secagg as secagg_lib
-from fedjaxscale.algorithms.base import Algorithm, ServerState
+from fedjaxscale.algorithms.base import Algorithm, ServerState, diagnostics_of
 from fedjaxscale.algorithms.encoders import UpdateEncoder, apply_encoder
+from fedjaxscale.algorithms.stateful import StatefulAlgorithm
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.tree import tree_all_finite, tree_sq_norm
 from fedjaxscale.core.types import PRNGKey
 from fedjaxscale.engine.executor import Aggregate, ClientOutput, ClientProgram
+from fedjaxscale.engine.state import StatefulProgram, run_stateful, state_spec
 
 
 class AdaptiveClipping(NamedTuple):
@@ -112,8 +128,9 @@ def private_aggregation(
   adaptive: AdaptiveClipping | None = None,
   encoder: UpdateEncoder | None = None,
   secure_aggregation: secagg_lib.SecAgg | None = None,
+  error_feedback: bool = False,
   seed: int = 0,
-) -> Algorithm:
+) -> Algorithm | StatefulAlgorithm:
   """Wraps ``algorithm``'s aggregation with DP clipping and noise, an encoder, and/or SecAgg.
 
   Args:
@@ -126,10 +143,13 @@ def private_aggregation(
     adaptive: optional ``AdaptiveClipping``.
     encoder: optional ``UpdateEncoder`` applied to each client's (clipped) update.
     secure_aggregation: optional ``SecAgg`` (fixed-point modular summation).
+    error_feedback: keep each client's encoding residual between rounds (needs ``encoder``);
+      the result is then a ``StatefulAlgorithm`` (module docstring).
     seed: seeds the noise key (the round's noise comes from ``fold_in(key, round)``).
 
   Returns:
-    An ``Algorithm`` with the same ``engine``; its ``ServerState.opt_state`` is a
+    An ``Algorithm`` with the same ``engine`` (a ``StatefulAlgorithm`` with ``error_feedback``,
+    whose client state is the residual); its ``ServerState.opt_state`` is a
     ``PrivateOptState``. Per client, ``apply``'s diagnostics add ``client_update_norm`` and
     ``client_clipped``; per round ``clip_norm``, ``clipped_fraction`` and ``noise_std`` (the std of
     the noise on the averaged update, ``z_Delta C / E[cohort size]``).
@@ -139,6 +159,13 @@ def private_aggregation(
     alg = private_aggregation(fedavg(model, optax.sgd(0.1)), clip_norm=1.0, noise_multiplier=1.0,
                               expected_clients=50)
   """
+  if not isinstance(algorithm, Algorithm):
+    raise TypeError(
+      f"private_aggregation wraps a stateless Algorithm (fedavg, fedprox, the FedOpt servers), got "
+      f"{type(algorithm).__name__}: algorithms with client states of their own are not wrapped"
+    )
+  if error_feedback and encoder is None:
+    raise ValueError("error feedback needs an encoder (it keeps what the encoder did not send)")
   dp = clip_norm is not None
   if dp:
     if not clip_norm > 0:
@@ -161,7 +188,8 @@ def private_aggregation(
     inner, key = carry
     return inner_program.step(shared, inner, batch, mask, rng), key
 
-  def finish(shared, carry, num_examples) -> ClientOutput:
+  def upload(shared, carry, num_examples, residual):
+    """The client's ``ClientOutput`` and, with error feedback, its new residual."""
     inner, key = carry
     out = inner_program.finish(shared, inner, num_examples)
     metrics = dict(out.metrics)
@@ -174,20 +202,46 @@ def private_aggregation(
       metrics["update_norm"] = norm
       metrics["clipped"] = 1.0 - unclipped
       weight = (weight > 0).astype(jnp.float32)  # each client's weight <= 1: sensitivity C
+    new_residual = None
     if encoder is not None:
-      delta, _ = apply_encoder(
+      if residual is not None:
+        delta = jax.tree.map(lambda d, e: d + e.astype(d.dtype), delta, residual)
+      sent, _ = apply_encoder(
         encoder, delta, jax.random.fold_in(jax.random.wrap_key_data(key), 1), clip if dp else None
       )
+      if residual is not None:
+        new_residual = jax.tree.map(lambda v, u: (v - u).astype(jnp.float32), delta, sent)
+      delta = sent
     if sa is not None:
       finite = tree_all_finite(delta)
       weight = jnp.where(finite, (weight > 0).astype(jnp.float32), jnp.nan)  # the engine drops NaN weights
       delta = secagg_lib.encode(sa, jax.tree.map(lambda x: jnp.where(finite, x, 0.0), delta))
       unclipped = unclipped.astype(jnp.int32)
     if not (dp or sa is not None):  # an encoder alone: the upload is the plain (decoded) update
-      return ClientOutput(delta, weight, metrics)
-    return ClientOutput(PrivateUpdate(delta, unclipped), weight, metrics)
+      return ClientOutput(delta, weight, metrics), new_residual
+    return ClientOutput(PrivateUpdate(delta, unclipped), weight, metrics), new_residual
+
+  def finish(shared, carry, num_examples) -> ClientOutput:
+    return upload(shared, carry, num_examples, None)[0]
 
   program = ClientProgram(init_client, step, finish)
+
+  # Error feedback: the same client work with the residual as the client's state.
+  def residual_init(shared):
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), shared.params)
+
+  def init_stateful(shared, rng, residual):
+    return init_client(shared, rng), residual
+
+  def step_stateful(shared, carry, batch, mask, rng):
+    inner, residual = carry
+    return step(shared, inner, batch, mask, rng), residual
+
+  def finish_stateful(shared, carry, num_examples):
+    inner, residual = carry
+    return upload(shared, inner, num_examples, residual)
+
+  stateful_program = StatefulProgram(init_stateful, step_stateful, finish_stateful, residual_init)
 
   def init(params) -> ServerState:
     state = algorithm.init(params)
@@ -222,33 +276,40 @@ def private_aggregation(
       clip = clip * jnp.exp(-adaptive.learning_rate * (unclipped_fraction - adaptive.target_quantile))
     return ServerState(new.params, PrivateOptState(new.opt_state, clip, opt.noise_key), new.round)
 
-  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
-    before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
-    shared = PrivateShared(state.params, state.round, state.opt_state.clip)
-    aggregate, per_client = engine.run(program, shared, cohort, rng)
-    clip_used = state.opt_state.clip
-    new_state = server_update(state, aggregate)
-    weight_sum, num_nonfinite, clip_used = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite, clip_used))
-    computed = engine.stats.computed_example_steps - before["computed"]
-    real = engine.stats.real_example_steps - before["real"]
-    ok = ~per_client["nonfinite"]
-    diagnostics = {
-      "num_clients": cohort.num_clients,
-      "num_nonfinite": int(num_nonfinite),
-      "weight_sum": float(weight_sum),
-      "padding_efficiency": real / computed if computed else 1.0,
-      **{f"client_{k}": v for k, v in per_client.items()},
-    }
-    if "loss" in per_client and "examples_trained" in per_client:
-      trained = per_client["examples_trained"][ok]
-      diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
-    if dp:
-      diagnostics["clip_norm"] = float(clip_used)
-      diagnostics["clipped_fraction"] = float(np.mean(per_client["clipped"][ok])) if ok.any() else 0.0
-      diagnostics["noise_std"] = float(z_update * clip_used / expected_clients)
-    return new_state, diagnostics
+  def shared_of(state: ServerState) -> PrivateShared:
+    return PrivateShared(state.params, state.round, state.opt_state.clip)
 
-  return Algorithm(init, apply, program, server_update, engine)
+  def diagnostics(before, cohort, aggregate, per_client, clip_used) -> dict[str, Any]:
+    out = diagnostics_of(engine, before, cohort, aggregate, per_client)
+    if dp:
+      ok = ~per_client["nonfinite"]
+      out["clip_norm"] = float(jax.device_get(clip_used))
+      out["clipped_fraction"] = float(np.mean(per_client["clipped"][ok])) if ok.any() else 0.0
+      out["noise_std"] = float(z_update * out["clip_norm"] / expected_clients)
+    return out
+
+  def stats():
+    return dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
+
+  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
+    before = stats()
+    aggregate, per_client = engine.run(program, shared_of(state), cohort, rng)
+    new_state = server_update(state, aggregate)
+    return new_state, diagnostics(before, cohort, aggregate, per_client, state.opt_state.clip)
+
+  if not error_feedback:
+    return Algorithm(init, apply, program, server_update, engine)
+
+  def apply_stateful(state: ServerState, cohort: Cohort, rng: PRNGKey, residuals, fresh):
+    before = stats()
+    result = run_stateful(engine, stateful_program, shared_of(state), cohort, rng, residuals, fresh)
+    new_state = server_update(state, result.aggregate)
+    return new_state, diagnostics(before, cohort, result.aggregate, result.per_client, state.opt_state.clip), result
+
+  def spec(state: ServerState):
+    return state_spec(stateful_program, shared_of(state))
+
+  return StatefulAlgorithm(init, apply_stateful, stateful_program, server_update, engine, shared_of, spec)
 
 
 def expected_cohort(selection: str, clients_per_round: int, num_clients: int, rate: float) -> float:

@@ -92,8 +92,9 @@ def get_base() -> ml_collections.ConfigDict:
   c.compression.encoder = "none"  # 'none' (float32), 'quantize' (stochastic, bits) or 'topk'
   c.compression.bits = 8  # quantize: bits per number, 1..32 (32: float32)
   c.compression.rotate = False  # quantize: random Hadamard rotation first (Suresh et al. 2017)
+  c.compression.rotation_block = 4096  # rotate: updates longer than this (a power of 2) are rotated in blocks of it
   c.compression.topk = 0  # topk: entries kept, 1..the update's size
-  c.compression.error_feedback = False  # topk: not available (needs a client state store)
+  c.compression.error_feedback = False  # keep each client's encoding residual in the client-state store (EF)
 
   c.secagg = ml_collections.ConfigDict()  # secure aggregation, simulated: fixed-point modular sums
   c.secagg.enabled = False  # encode updates as integers mod 2**bits and sum them modularly

@@ -297,6 +297,11 @@ def build(config, workdir: pathlib.Path, *, resume: bool = False) -> RunParts:
   local = config.local
   bits = model_bits(num_params, "float32")
   algorithm, ledger, up_bits = _wrap_private(config, algorithm, train.num_clients, num_params)
+  if config.compression.error_feedback:  # the residuals' store, sized before anything is written
+    try:
+      client_states.plan_store(config, algorithm, model, train.num_clients, workdir)
+    except StoreTooLarge as e:
+      raise ConfigError(f"config.{e}") from None
   if local.local_steps > 0:
     latency = LatencyModel(
       bits,
@@ -351,7 +356,7 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
   s, pv, cp, sa = config.system, config.privacy, config.compression, config.secagg
   encoder, up_bits = None, None
   if cp.encoder != "none":
-    encoder = encoders.from_config(cp.encoder, bits=cp.bits, rotate=cp.rotate, k=cp.topk)
+    encoder = encoders.from_config(cp.encoder, bits=cp.bits, rotate=cp.rotate, k=cp.topk, block=cp.rotation_block)
     try:
       up_bits = encoder.num_bits(num_params)
     except ValueError as e:  # top-k larger than the update
@@ -384,7 +389,9 @@ def _wrap_private(config, algorithm, num_clients: int, num_params: int):
   if sa.enabled:
     sec = secagg.secagg(sa.bits, sa.range or pv.clip_norm * expected)
     up_bits = int(sa.bits) * num_params  # modular sums need the dense vector: the encoder's savings are lost
-  wrapped = dp.private_aggregation(algorithm, encoder=encoder, secure_aggregation=sec, seed=config.seed, **kwargs)
+  wrapped = dp.private_aggregation(
+    algorithm, encoder=encoder, secure_aggregation=sec, error_feedback=cp.error_feedback, seed=config.seed, **kwargs
+  )
   return wrapped, ledger, up_bits
 
 

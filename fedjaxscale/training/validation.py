@@ -300,11 +300,22 @@ def _check_privacy(config) -> None:
     )
   if cp.encoder == "topk":
     _require(int(cp.topk) == cp.topk and cp.topk >= 1, "compression.topk", f"must be an integer >= 1, got {cp.topk}")
+  if cp.encoder == "quantize" and cp.rotate:
+    b = cp.rotation_block
     _require(
-      not cp.error_feedback,
-      "compression.error_feedback",
-      "is not available: top-k error feedback needs a per-client state store, which has not landed",
+      int(b) == b and b >= 1 and int(b) & (int(b) - 1) == 0,
+      "compression.rotation_block",
+      f"must be a power of 2, got {b}",
     )
+  if cp.error_feedback:
+    _require(cp.encoder != "none", "compression.error_feedback", "needs compression.encoder ('topk' or 'quantize')")
+    _require(s.mode == "sync", "compression.error_feedback", "keeps client states: synchronous rounds only")
+  _require(
+    config.algorithm.name not in client_states.STATEFUL or not (pv.enabled or cp.encoder != "none" or sa.enabled),
+    "algorithm.name",
+    f"{config.algorithm.name} keeps client states of its own; DP, compression and secure aggregation wrap "
+    "the stateless algorithms (fedavg, fedprox, fedyogi, fedadam, fedadagrad)",
+  )
   if cp.encoder != "none":
     _require(
       s.compression == 1.0,
