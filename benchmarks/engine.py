@@ -612,12 +612,17 @@ def bench_resident(args):
 
 
 def machine_lines():
-  cpu = "unknown"
+  cpu, isa = "unknown", ""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("model name"):
+        if line.startswith("model name") and cpu == "unknown":
           cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          # Machines of one name have differed in vector units between sessions: say which this is.
+          flags = set(line.split(":", 1)[1].split())
+          wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+          isa = f" ({', '.join(wide) or 'no AVX2'})"
           break
   except OSError:
     pass
@@ -650,7 +655,7 @@ def machine_lines():
   mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
   return [
     f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; commit {commit}",
-    f"- CPU: {cpu}; {os.cpu_count()} cores visible; {mem:.0f} GiB RAM; load average at start {load} "
+    f"- CPU: {cpu}{isa}; {os.cpu_count()} cores visible; {mem:.0f} GiB RAM; load average at start {load} "
     "(the machine is shared: other jobs may run during the benchmark, so figures are best-of-n)",
     f"- jax {jax.__version__} ({jax.default_backend()}), devices: {jax.devices()}; Python {platform.python_version()}",
   ]
