@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from fedjaxscale.cli.common import summary_lines
 from fedjaxscale.training import outputs, plots
 
 QUANTILES = ("client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90")
@@ -35,7 +34,7 @@ def test_summary_shows_personalized_beside_global():
   summary = outputs.summarize(records())
   assert summary["final_personal"]["accuracy"] == pytest.approx(0.55)
   assert summary["final_client_accuracy_p90"] == pytest.approx(0.5)
-  lines = summary_lines(summary, "wd")
+  lines = outputs.summary_lines(summary, "wd")
   assert "global model: accuracy 0.400, per-client p10/p50/p90 0.300/0.400/0.500" in lines
   assert "personalized: accuracy 0.550, per-client p10/p50/p90 0.500/0.560/0.600" in lines
 
@@ -45,7 +44,7 @@ def test_summary_without_personalized_evaluation_has_no_such_line():
   assert "final_personal" not in summary
   assert summary["final_client_accuracy_p10"] == pytest.approx(0.3)
   for s in (summary, outputs.summarize([])):
-    assert not any(line.startswith(("global", "personalized")) for line in summary_lines(s, "wd"))
+    assert not any(line.startswith(("global", "personalized")) for line in outputs.summary_lines(s, "wd"))
 
 
 def test_tensorboard_has_the_personalized_scalars(tmp_path):

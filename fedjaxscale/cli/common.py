@@ -1,4 +1,4 @@
-"""What ``run`` and ``sweep`` share: exit code 2 with one message, flag parsing, the summary lines."""
+"""What ``run`` and ``sweep`` share: exit code 2 with one message, flag parsing."""
 
 import pathlib
 import sys
@@ -56,44 +56,3 @@ def start_distributed():
   except ValueError as e:
     fail(str(e))
   return distributed
-
-
-def summary_lines(summary: dict, workdir) -> list[str]:
-  """A finished run's summary in a few human-readable lines."""
-
-  def pct(x):
-    return "n/a" if x is None else f"{x:.3f}"
-
-  lines = [
-    f"final accuracy {pct(summary.get('final_accuracy'))} (round {summary.get('final_accuracy_round')}), "
-    f"best {pct(summary.get('best_accuracy'))} (round {summary.get('best_accuracy_round')})",
-  ]
-  quantiles = ("client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90")
-
-  def spread(d, prefix=""):
-    if d.get(prefix + quantiles[0]) is None:
-      return ""
-    return ", per-client p10/p50/p90 " + "/".join(pct(d.get(prefix + q)) for q in quantiles)
-
-  personal = summary.get("final_personal")
-  if personal:  # eval_personal: each client's own model, next to the global one
-    lines.append(f"global model: accuracy {pct(summary.get('final_accuracy'))}{spread(summary, 'final_')}")
-    lines.append(f"personalized: accuracy {pct(personal.get('accuracy'))}{spread(personal)}")
-  target = summary.get("target_accuracy")
-  if target:
-    if summary.get("time_to_target_hours") is not None:
-      lines.append(
-        f"target accuracy {target:g} reached after {summary['time_to_target_hours']:.2f} simulated hours "
-        f"(round {summary['time_to_target_round']})"
-      )
-    else:
-      lines.append(f"target accuracy {target:g} not reached")
-  wall = summary.get("wall_s")
-  lines.append(
-    f"{summary.get('rounds')} rounds, {summary.get('simulated_hours', 0):.2f} simulated hours, "
-    f"{summary.get('clients_trained')} clients trained, wall time {wall:.1f} s"
-    if wall is not None
-    else f"{summary.get('rounds')} rounds"
-  )
-  lines.append(f"plots: {pathlib.Path(workdir) / 'plots'}/  summary: {pathlib.Path(workdir) / 'summary.json'}")
-  return lines

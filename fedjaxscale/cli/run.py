@@ -20,7 +20,7 @@ def main(argv):
     common.fail(f"unexpected arguments {argv[1:]}; config fields are set as --config.FIELD=VALUE")
   distributed = common.start_distributed()
   from fedjaxscale.state import StoreError
-  from fedjaxscale.training import ConfigError, train_and_evaluate
+  from fedjaxscale.training import ConfigError, outputs, train_and_evaluate
 
   try:
     summary = train_and_evaluate(
@@ -29,4 +29,4 @@ def main(argv):
   except (ConfigError, StoreError) as e:  # a bad config, or a client-state store that cannot be written
     common.fail(str(e))
   if distributed.is_lead():
-    print(json.dumps(summary, indent=1) if FLAGS.json else "\n".join(common.summary_lines(summary, FLAGS.workdir)))
+    print(json.dumps(summary, indent=1) if FLAGS.json else "\n".join(outputs.summary_lines(summary, FLAGS.workdir)))
