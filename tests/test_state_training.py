@@ -57,7 +57,7 @@ def test_resume_with_another_state_config_is_refused(scaffold_run, tmp_path):
 
 
 def test_ditto_small_runs(tmp_path):
-  summary = train_and_evaluate(load_config("ditto", "default,small"), tmp_path, show_progress=False)
+  summary = train_and_evaluate(load_config("ditto", "default,small", plots=True), tmp_path, show_progress=False)
   records = read_metrics(tmp_path)
   assert len(records) == 4 and all(np.isfinite(r["train_loss"]) for r in records)
   personal = [r["eval_personal"] for r in records if "eval_personal" in r]

@@ -51,7 +51,7 @@ def assert_close_records(a, b):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("sweep")
-  config = tiny()
+  config = tiny(plots=True)
   rows = run_sweep(config, GRID, workdir, show_progress=False)
   return config, workdir, rows
 

@@ -23,10 +23,12 @@ CONFIGS = ROOT / "experiments" / "configs"
 
 
 def load_config(name, variant=None, **overrides):
+  """A shipped config with ``overrides``; plots are off unless asked for (drawing them costs seconds a run)."""
   spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(variant)
+  config.plots = False
   for key, value in overrides.items():
     node = config
     *path, last = key.split(".")
@@ -51,7 +53,7 @@ def without_wall(records):
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("default")
-  config = load_config("synthetic", "small")
+  config = load_config("synthetic", "small", plots=True)
   summary = train_and_evaluate(config, workdir, show_progress=False)
   return config, workdir, summary
 
@@ -246,6 +248,7 @@ def test_fedbuff_small(tmp_path):
   assert summary["rounds"] == 4 and len(records) == 4
   assert all(r["aggregated"] == 4 for r in records)
   assert all(np.isfinite(r["train_loss"]) for r in records)
+  assert (tmp_path / "summary.json").exists() and not (tmp_path / "plots").exists()  # config.plots = False
 
 
 @pytest.mark.parametrize("variant", ["fedavg,small", "fedprox,small"])

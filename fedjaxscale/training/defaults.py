@@ -111,6 +111,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.eval_adapt_lr = 0.0  # 'adapt': fine-tuning SGD learning rate (0: algorithm.client_lr)
   c.target_accuracy = 0.0  # report the simulated time to reach this test accuracy (0: none)
   c.checkpoint_every = 10  # rounds between checkpoints, and one at the end (0: none)
+  c.plots = True  # draw WORKDIR/plots at the end of the run (False: later, with `fedjaxscale plot WORKDIR`)
 
   c.engine = ml_collections.ConfigDict()
   c.engine.backend = "vmap"  # 'vmap', 'loop' or 'debug'

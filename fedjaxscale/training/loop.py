@@ -414,7 +414,8 @@ class _Run:
       self.writer.write_summary(summary)
       if self.lead:
         (self.workdir / "engine.json").write_text(json.dumps(summary["engine"], indent=2) + "\n")
-        plots.make_plots(self.workdir)
+        if config.plots:
+          plots.make_plots(self.workdir)
       return summary
     finally:
       if self.progress is not None:

@@ -127,7 +127,8 @@ class _Group:
           clients_trained=self.clients_trained,
         )
         writer.write_summary(summary)
-        plots.make_plots(w)
+        if c.plots:
+          plots.make_plots(w)
         summaries.append(summary)
       return summaries
     finally:

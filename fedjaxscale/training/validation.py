@@ -232,6 +232,7 @@ def check_config(config) -> None:
   _int(config, "eval_every", 0, note="(0: never)")
   _int(config, "eval_batch_size", 1)
   _bool(config, "eval_train")
+  _bool(config, "plots")
   _real(config, "target_accuracy", 0.0, 1.0, note="(0: none)")
   _int(config, "checkpoint_every", 0, note="(0: none)")
   _choice(config, "engine.backend", ("vmap", "loop", "debug"), "backend")

@@ -25,7 +25,7 @@ DATA = "data"
 STAGED_DATA = ".data.staged"
 OLD_DATA = ".data.old"
 # Fields a resumed run may change: how long it runs and how often it evaluates and checkpoints.
-RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every")
+RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every", "plots")
 
 
 class WorkdirBusy(RuntimeError):
