@@ -143,7 +143,7 @@ def test_sweep_writes_every_file_and_the_table_equals_the_summaries(swept):
 def test_resumed_sweep_equals_an_uninterrupted_one(swept, tmp_path):
   config, full, _ = swept
   # Interrupted after round 1: run the first round, then drop the finished outputs.
-  run_sweep(tiny(rounds=1), GRID, tmp_path, show_progress=False)
+  run_sweep(tiny(rounds=1, plots=True), GRID, tmp_path, show_progress=False)
   manifest = json.loads((tmp_path / "sweep.json").read_text())
   manifest["config"]["rounds"] = 2
   (tmp_path / "sweep.json").write_text(json.dumps(manifest, indent=1) + "\n")
