@@ -201,6 +201,34 @@ def plan_members(plan, config, parts: RunParts) -> tuple[np.ndarray, np.ndarray]
   return members, max_steps
 
 
+def round_cohort(run, members, *, max_steps=None, weights=None, seed_offset=0):
+  """The cohort of ``members`` in ``run``'s current round (`_Run`'s, and ``stacked_run``'s group's):
+  the config's local work and batch size, seeds from the run's seed and round, the run's planned
+  cohort shapes (``run.p``, ``run.config``, ``run.round``, ``run.engine``, ``run.shapes``)."""
+  local = run.config.local
+  mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
+  seed = (run.config.seed * 1_000_003 + run.round) * 1_000_003 + seed_offset
+  return gather_cohort(
+    run.p.train,
+    members,
+    local.batch_size,
+    **mode,
+    seed=seed,
+    weights=weights,
+    max_steps=max_steps,
+    lane_multiple=run.engine.client_multiple,
+    shapes=run.shapes,
+  )
+
+
+def online_by_hour(availability) -> tuple[np.ndarray, np.ndarray]:
+  """Online clients at each simulated hour of the trace period (for the online-clients plot)."""
+  period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
+  hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
+  counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
+  return hours, counts
+
+
 def _loss_or_none(loss, none_finite: bool):
   """A round's training loss, or None where no client gave a finite one (per point for a stacked
   group, whose loss is an [H] array)."""
@@ -218,8 +246,7 @@ def sync_round(run, apply):
 
   Args:
     run: what the round reads: ``p`` (`RunParts`), ``config``, ``round``, ``key``, ``state``,
-      ``up_bytes``, ``clients_trained``, ``_tick(phase, since)`` and ``_cohort(members, max_steps=,
-      seed_offset=)``.
+      ``up_bytes``, ``clients_trained``, ``_tick(phase, since)`` and what `round_cohort` reads.
     apply: trains a cohort from ``state``.
 
   Returns:
@@ -250,7 +277,7 @@ def sync_round(run, apply):
     p.planner.report(plan, np.zeros(0))
     return record, None, plan, members
   tic = time.perf_counter()
-  cohort = run._cohort(members, max_steps=max_steps, seed_offset=0)
+  cohort = round_cohort(run, members, max_steps=max_steps)
   tic = run._tick("gather", tic)
   run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
   run._tick("engine", tic)
@@ -351,7 +378,7 @@ class _Run:
     self.writer = outputs.RunWriter(self.workdir, enabled=lead, resume_round=self.round if self.resume else None)
     if not self.resume:
       self.writer.write_config(json.loads(config.to_json_best_effort()))
-      hours, counts = self._availability()
+      hours, counts = online_by_hour(self.p.traces.availability)
       self.writer.write_availability(hours, counts)
     self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if self.show_progress else None
 
@@ -463,7 +490,7 @@ class _Run:
     for step in np.unique(plan.arrival_step[accepted]):
       group = accepted & (plan.arrival_step == step)
       tic = time.perf_counter()
-      cohort = self._cohort(plan.clients[group], weights=plan.weight[group], seed_offset=int(step))
+      cohort = round_cohort(self, plan.clients[group], weights=plan.weight[group], seed_offset=int(step))
       tic = self._tick("gather", tic)
       key = jax.random.fold_in(jax.random.fold_in(self.key, self.round), int(step))
       aggregate, per_client = self.engine.run(
@@ -570,30 +597,6 @@ class _Run:
     now = time.perf_counter()
     self.timings[phase] += now - since
     return now
-
-  def _cohort(self, members, *, max_steps=None, weights=None, seed_offset=0):
-    local = self.config.local
-    mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
-    seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003 + seed_offset
-    return gather_cohort(
-      self.p.train,
-      members,
-      local.batch_size,
-      **mode,
-      seed=seed,
-      weights=weights,
-      max_steps=max_steps,
-      lane_multiple=self.engine.client_multiple,
-      shapes=self.shapes,
-    )
-
-  def _availability(self):
-    """Online clients at each simulated hour of the trace period (for the online-clients plot)."""
-    availability = self.p.traces.availability
-    period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
-    hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
-    counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
-    return hours, counts
 
   # -- checkpoints ----------------------------------------------------------------------------
 

@@ -635,12 +635,11 @@ def summary_lines(summary: dict, workdir) -> list[str]:
     f"final accuracy {pct(summary.get('final_accuracy'))} (round {summary.get('final_accuracy_round')}), "
     f"best {pct(summary.get('best_accuracy'))} (round {summary.get('best_accuracy_round')})",
   ]
-  quantiles = ("client_accuracy_p10", "client_accuracy_p50", "client_accuracy_p90")
 
   def spread(d, prefix=""):
-    if d.get(prefix + quantiles[0]) is None:
+    if d.get(prefix + QUANTILES[0]) is None:
       return ""
-    return ", per-client p10/p50/p90 " + "/".join(pct(d.get(prefix + q)) for q in quantiles)
+    return ", per-client p10/p50/p90 " + "/".join(pct(d.get(prefix + q)) for q in QUANTILES)
 
   personal = summary.get("final_personal")
   if personal:  # eval_personal: each client's own model, next to the global one

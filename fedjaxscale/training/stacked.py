@@ -31,6 +31,7 @@ import numpy as np
 
 from fedjaxscale.algorithms import Algorithm, ServerState, Shared
 from fedjaxscale.engine import Aggregate, ClientOutput, ClientProgram, Engine
+from fedjaxscale.training import client_states
 
 # Config fields a stacked group may differ in: each enters the algorithm only as a number in
 # arithmetic (optax learning rates and momenta, FedProx's proximal term, the FedOpt moments), so it
@@ -64,7 +65,7 @@ def can_stack(config) -> bool:
   return (
     config.system.mode == "sync"
     and config.system.selection == "random"
-    and config.algorithm.name in ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad")
+    and config.algorithm.name not in client_states.STATEFUL
     and not config.privacy.enabled
     and config.compression.encoder == "none"
     and not config.secagg.enabled

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from fedjaxscale.algorithms import ServerState
-from fedjaxscale.data import gather_cohort, plan_shapes
+from fedjaxscale.data import plan_shapes
 from fedjaxscale.engine import Evaluator
 from fedjaxscale.scheduler import Status
 from fedjaxscale.training import loop, outputs, plots, stacked
@@ -80,7 +80,7 @@ class _Group:
       self._restore()
     self.writers = [outputs.RunWriter(w, resume_round=self.round if resume else None) for w in workdirs]
     if not resume:
-      hours, counts = self._availability()
+      hours, counts = loop.online_by_hour(self.p.traces.availability)
       for c, writer in zip(configs, self.writers):
         writer.write_config(json.loads(c.to_json_best_effort()))
         writer.write_availability(hours, counts)
@@ -160,28 +160,6 @@ class _Group:
     now = time.perf_counter()
     self.timings[phase] += now - since
     return now
-
-  def _cohort(self, members, *, max_steps=None, seed_offset=0):
-    local = self.config.local
-    mode = {"local_steps": local.local_steps} if local.local_steps > 0 else {"local_epochs": local.local_epochs}
-    seed = (self.config.seed * 1_000_003 + self.round) * 1_000_003 + seed_offset
-    return gather_cohort(
-      self.p.train,
-      members,
-      local.batch_size,
-      **mode,
-      seed=seed,
-      max_steps=max_steps,
-      lane_multiple=self.engine.client_multiple,
-      shapes=self.shapes,
-    )
-
-  def _availability(self):
-    availability = self.p.traces.availability
-    period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
-    hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
-    counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
-    return hours, counts
 
   def _host_state(self, wall_s: float) -> dict:
     # The layout of training.loop's checkpoints, so a point's workdir resumes as a plain run.
