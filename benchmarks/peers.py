@@ -213,11 +213,12 @@ def fjs_logreg(cohorts, rounds, tmp):
     alg = algorithms.fedavg(model, optax.sgd(0.1))
     state = alg.init(model.init(jax.random.key(0)))
     rng = np.random.default_rng(0)
+    key = jax.random.key(1)  # every round's key, made once (the hand-written program has none)
 
     def round_(state):
       members = rng.choice(1000, cohort_size, replace=False)
       cohort = gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0]))
-      state, _ = alg.apply(state, cohort, jax.random.key(1))
+      state, _ = alg.apply(state, cohort, key)
       return state
 
     # Two warm-up rounds: the second compiles again (the server state's round counter becomes a

@@ -276,12 +276,13 @@ def dataset(tmp_path, data):
 def test_resident_gather_equals_host_gather_bit_for_bit(tmp_path, mode):
   model = models.logistic_regression(6, 3)
   rng = np.random.default_rng(0)
-  train = dataset(tmp_path, [tabular(n, rng) for n in (3, 5, 2, 7, 4, 9)])
+  on_disk = dataset(tmp_path, [tabular(n, rng) for n in (3, 5, 2, 7, 4, 9)])
+  # The same dataset with its features in RAM: not memory-mapped, so not made resident by itself.
+  in_ram = on_disk.subset(range(on_disk.num_clients))
   outs = []
   for resident in (False, True):
     engine = Engine(strategy="vmap")
-    if resident:
-      assert engine.make_resident(train.features)
+    train = on_disk if resident else in_ram  # memory-mapped features become resident on first use
     alg = algorithms.fedavg(model, optax.sgd(0.1), engine=engine)
     state = alg.init(model.init(jax.random.key(0)))
     losses = []
@@ -299,6 +300,17 @@ def test_resident_features_that_do_not_fit_stay_on_the_host(tmp_path):
   rng = np.random.default_rng(0)
   train = dataset(tmp_path, [tabular(n, rng) for n in (3, 5)])
   assert Engine(memory_budget_bytes=1_000).make_resident(train.features) is False
+  # Nor when a cohort reads them: the round runs from the host, as before.
+  small = Engine(memory_budget_bytes=1_000, strategy="vmap")
+  program = algorithms.fedavg(models.logistic_regression(6, 3), optax.sgd(0.1), engine=small).client_program
+  params = models.logistic_regression(6, 3).init(jax.random.key(0))
+  small.run(
+    program,
+    Shared(params, jax.numpy.zeros((), jax.numpy.int32)),
+    gather_cohort(train, [0, 1], BATCH, local_steps=1),
+    jax.random.key(0),
+  )
+  assert [c["shape"]["resident"] for c in small.strategy_choices] == [False]
   assert Engine("loop").make_resident(train.features) is False
   engine = Engine()
   assert engine.make_resident(train.features) and engine.make_resident(train.features)

@@ -5,7 +5,7 @@ An algorithm is a factory that closes over its hyperparameters and returns
 the engine, then runs its server update once on the weighted mean of the client updates.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from fedjaxscale.core.cohort import Cohort
+from fedjaxscale.core.deferred import Deferred
 from fedjaxscale.core.tree import tree_where
 from fedjaxscale.core.types import Params, PRNGKey
 from fedjaxscale.engine.executor import Aggregate, ClientProgram, Engine
@@ -52,29 +53,37 @@ class Algorithm(NamedTuple):
   """
 
   init: Callable[[Params], ServerState]
-  apply: Callable[[ServerState, Cohort, PRNGKey], tuple[ServerState, dict[str, Any]]]
+  apply: Callable[[ServerState, Cohort, PRNGKey], tuple[ServerState, Mapping[str, Any]]]
   client_program: ClientProgram
   server_update: Callable[[ServerState, Aggregate], ServerState]
   engine: Engine
 
 
-def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: dict) -> dict:
-  """The round's diagnostics as every algorithm's ``apply`` reports them (stateful ones too)."""
-  weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: Mapping) -> Deferred:
+  """The round's diagnostics as every algorithm's ``apply`` reports them (stateful ones too).
+
+  A ``Deferred`` mapping: nothing is fetched from the devices until it is read, so ``apply``
+  returns while the round still runs.
+  """
   computed = engine.stats.computed_example_steps - before["computed"]
   real = engine.stats.real_example_steps - before["real"]
-  diagnostics = {
-    "num_clients": cohort.num_clients,
-    "num_nonfinite": int(num_nonfinite),
-    "weight_sum": float(weight_sum),
-    "padding_efficiency": real / computed if computed else 1.0,
-    **{f"client_{k}": v for k, v in per_client.items()},
-  }
-  if "loss" in per_client and "examples_trained" in per_client:
-    ok = ~per_client["nonfinite"]
-    trained = per_client["examples_trained"][ok]
-    diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
-  return diagnostics
+
+  def compute():
+    weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+    diagnostics = {
+      "num_clients": cohort.num_clients,
+      "num_nonfinite": int(num_nonfinite),
+      "weight_sum": float(weight_sum),
+      "padding_efficiency": real / computed if computed else 1.0,
+      **{f"client_{k}": v for k, v in per_client.items()},
+    }
+    if "loss" in per_client and "examples_trained" in per_client:
+      ok = ~per_client["nonfinite"]
+      trained = per_client["examples_trained"][ok]
+      diagnostics["train_loss"] = float(np.sum(per_client["loss"][ok] * trained) / max(trained.sum(), 1))
+    return diagnostics
+
+  return Deferred(compute)
 
 
 def build_algorithm(
@@ -106,7 +115,7 @@ def build_algorithm(
       tree_where(usable, params, state.params), tree_where(usable, opt_state, state.opt_state), state.round + 1
     )
 
-  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
+  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, Mapping[str, Any]]:
     before = dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
     aggregate, per_client = engine.run(client_program, Shared(state.params, state.round), cohort, rng)
     new_state = server_update(state, aggregate)

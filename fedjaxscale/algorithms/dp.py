@@ -44,6 +44,7 @@ run's checkpoints), shaped like the parameters in float32. With DP the residual 
 clipping and the upload is scaled back to C, so the sensitivity stays C.
 """
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -56,6 +57,7 @@ from fedjaxscale.algorithms.base import Algorithm, ServerState, diagnostics_of
 from fedjaxscale.algorithms.encoders import UpdateEncoder, apply_encoder
 from fedjaxscale.algorithms.stateful import StatefulAlgorithm
 from fedjaxscale.core.cohort import Cohort
+from fedjaxscale.core.deferred import Deferred
 from fedjaxscale.core.tree import tree_all_finite, tree_sq_norm
 from fedjaxscale.core.types import PRNGKey
 from fedjaxscale.engine.executor import Aggregate, ClientOutput, ClientProgram
@@ -279,19 +281,25 @@ def private_aggregation(
   def shared_of(state: ServerState) -> PrivateShared:
     return PrivateShared(state.params, state.round, state.opt_state.clip)
 
-  def diagnostics(before, cohort, aggregate, per_client, clip_used) -> dict[str, Any]:
-    out = diagnostics_of(engine, before, cohort, aggregate, per_client)
-    if dp:
+  def diagnostics(before, cohort, aggregate, per_client, clip_used) -> Deferred:
+    base = diagnostics_of(engine, before, cohort, aggregate, per_client)
+    if not dp:
+      return base
+
+    def compute():
+      out = dict(base)
       ok = ~per_client["nonfinite"]
       out["clip_norm"] = float(jax.device_get(clip_used))
       out["clipped_fraction"] = float(np.mean(per_client["clipped"][ok])) if ok.any() else 0.0
       out["noise_std"] = float(z_update * out["clip_norm"] / expected_clients)
-    return out
+      return out
+
+    return Deferred(compute)
 
   def stats():
     return dict(computed=engine.stats.computed_example_steps, real=engine.stats.real_example_steps)
 
-  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, dict[str, Any]]:
+  def apply(state: ServerState, cohort: Cohort, rng: PRNGKey) -> tuple[ServerState, Mapping[str, Any]]:
     before = stats()
     aggregate, per_client = engine.run(program, shared_of(state), cohort, rng)
     new_state = server_update(state, aggregate)

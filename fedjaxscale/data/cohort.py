@@ -428,7 +428,9 @@ def _part(
     seg_len = np.repeat(sizes, epochs)
     seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
     seg_id = np.repeat(np.arange(len(seg_len)), seg_len)
-    order = np.lexsort((rng.random(len(seg_id)), seg_id))
+    # Sorting segment + uniform in [0, 1) orders by segment, then randomly within it: one float
+    # argsort, several times faster than ``np.lexsort`` on the two keys.
+    order = np.argsort(seg_id + rng.random(len(seg_id)))
     local_perm = order - seg_start[seg_id]
     client_seg0 = np.concatenate([[0], np.cumsum(epochs)[:-1]])
     seg = client_seg0[client][:, None] + np.minimum(epoch, epochs[client][:, None] - 1)

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.cohort import Cohort
+from fedjaxscale.core.deferred import Deferred
 from fedjaxscale.core.types import PRNGKey, PyTree
 from fedjaxscale.engine.compiled import (
   CPU_LANES_PER_DEVICE,
@@ -55,6 +56,7 @@ from fedjaxscale.engine.placement import (
   place_replicated,
   put_host,
   put_rows,
+  replicated_arguments,
 )
 from fedjaxscale.engine.program import Aggregate, ClientError, ClientOutput, ClientProgram, run_client
 from fedjaxscale.engine.strategies import parse_strategy
@@ -161,6 +163,7 @@ class Engine:
     self.scan_unroll = scan_unroll
     self.stats = EngineStats()
     self.lane_shapes: set[tuple[int, int]] = set()  # (lanes, steps) of the chunks compiled so far
+    self._declined: dict = {}  # identities of memory-mapped features too large to keep resident
     if backend == "vmap":
       self._runner = CompiledRounds(
         self.mesh, self.stats, self.lane_shapes, max_clients_per_chunk, memory_budget_bytes, scan_unroll, parsed
@@ -195,7 +198,9 @@ class Engine:
 
     Cohorts whose parts read these very arrays (the same objects: ``make_cohort`` on a dataset
     passes ``dataset.features`` through) are then gathered on the devices from their row
-    indices, so a round sends only int32 indices, not examples. Each process places the whole
+    indices, so a round sends only int32 indices, not examples. A single-process engine does
+    this by itself for memory-mapped features (a ``FederatedDataset``'s) the first time a
+    cohort reads them. Each process places the whole
     arrays (every process must pass the same features). Nothing is kept, and False returned,
     when they do not fit ``RESIDENT_FRACTION`` of the memory budget (on CPU the devices share
     the host's RAM, so every device's copy counts), for a per-client backend, or when there are
@@ -222,13 +227,23 @@ class Engine:
     self._runner.resident[key] = Resident(arrays, features)
     return True
 
+  def _auto_resident(self, features) -> None:
+    """Makes a dataset's memory-mapped features (``gather_cohort`` passes them through) resident
+    the first time a cohort reads them, in a single-process run: the same arrays come back
+    every round. (Multi-process runs call ``make_resident`` themselves, every process alike.)"""
+    key = feature_identity(features)
+    if jax.process_count() > 1 or key in self._runner.resident or key in self._declined:
+      return
+    if features and all(isinstance(x, np.memmap) for x in features.values()) and not self.make_resident(features):
+      self._declined[key] = features  # kept alive, so its identity is not reused
+
   def place_replicated(self, tree: PyTree) -> PyTree:
     """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
     return tree if self.mesh is None else place_replicated(tree, self.mesh)
 
   def run(
     self, program: ClientProgram, shared: PyTree, cohort: Cohort, rng: PRNGKey
-  ) -> tuple[Aggregate, dict[str, np.ndarray]]:
+  ) -> tuple[Aggregate, Mapping[str, np.ndarray]]:
     """Runs every client's local work and reduces the weighted updates.
 
     Args:
@@ -240,12 +255,16 @@ class Engine:
 
     Returns:
       ``(aggregate, per_client)``: the weighted sums on device, and per-client metrics as NumPy
-      arrays in cohort order, plus ``'nonfinite'`` (bool) for clients left out.
+      arrays in cohort order, plus ``'nonfinite'`` (bool) for clients left out: a ``Deferred``
+      mapping, fetched from the devices when first read (so this returns while the round runs).
     """
     if cohort.num_clients == 0:
       raise ValueError("the cohort has no clients")
     if self.backend == "vmap":
-      shared, rng = self.place_replicated((shared, rng))
+      for part in cohort.parts:
+        self._auto_resident(part.features)
+      shared, rng = replicated_arguments((shared, rng), self.mesh)
     aggregate, results = self._runner.run(program, shared, cohort, rng)
     self.stats.real_example_steps += cohort.real_example_steps
-    return aggregate, per_client(cohort, results)
+    # Fetched when first read: the round may still be running when this returns.
+    return aggregate, Deferred(lambda: per_client(cohort, jax.device_get(results)))

@@ -28,17 +28,18 @@ def default_memory_budget() -> int:
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
 
 
-def put_host(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-  """Places a host array that every process holds whole; each process copies its own shards.
+def put_host(x, sharding: jax.sharding.Sharding):
+  """Places a host array (or a pytree of them, in one batched transfer) that every process holds
+  whole; each process copies its own shards.
 
   This and ``put_rows`` are the engine's deliberate transfers, so they are allowed under a
   ``jax.transfer_guard('disallow')`` that catches implicit ones elsewhere.
   """
-  x = np.asarray(x)
+  x = jax.tree.map(np.asarray, x)
   with jax.transfer_guard_host_to_device("allow"):
     if jax.process_count() == 1:  # one batched transfer beats a callback per device
       return jax.device_put(x, sharding)
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), x)
 
 
 def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
@@ -66,6 +67,32 @@ def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   return jax.tree.map(place, tree)
 
 
+def take_rows(features: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
+  """``features[rows]`` on the host, shaped ``rows.shape + per-example shape``."""
+  flat = rows.reshape(-1)
+  return {name: np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]) for name, x in features.items()}
+
+
+def replicated_arguments(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """``tree`` as arguments of a compiled program that takes it replicated over ``mesh``.
+
+  In one process, arrays not committed elsewhere pass as they are: the compiled call copies an
+  uncommitted array (a fresh ``jax.random.key``) to every device itself, ten times cheaper than
+  ``device_put`` first. Call the program under ``jax.transfer_guard("allow")``. Other leaves,
+  and every leaf in a multi-process run, go through ``place_replicated``.
+  """
+  if jax.process_count() > 1:
+    return place_replicated(tree, mesh)
+  sharding = NamedSharding(mesh, P())
+
+  def argument(x):
+    if isinstance(x, jax.Array) and (not x.committed or x.sharding.is_equivalent_to(sharding, x.ndim)):
+      return x
+    return place_replicated(x, mesh)
+
+  return jax.tree.map(argument, tree)
+
+
 def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
   """Places ``features[rows]`` sharded over the leading axis, reading only this process's rows."""
 
@@ -78,9 +105,5 @@ def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax
 
   with jax.transfer_guard_host_to_device("allow"):
     if jax.process_count() == 1:
-      flat = rows.reshape(-1)
-      return {
-        name: jax.device_put(np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]), sharding)
-        for name, x in features.items()
-      }
+      return jax.device_put(take_rows(features, rows), sharding)
     return {name: put(x) for name, x in features.items()}

@@ -160,8 +160,7 @@ class RunStates:
     if jax.process_count() > 1:  # every process's rows are in the shared files before anyone reads
       self.store.flush()
       _sync("client states scattered")
-    diagnostics["states_stored"] = self.store.num_stored
-    return server_state, diagnostics
+    return server_state, {**diagnostics, "states_stored": self.store.num_stored}
 
   def save(self, round_: int) -> dict:
     """Writes the changed chunks and returns the index for the run's checkpoint."""

@@ -280,10 +280,10 @@ def sync_round(run, apply):
   cohort = round_cohort(run, members, max_steps=max_steps)
   tic = run._tick("gather", tic)
   run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
-  run._tick("engine", tic)
   n = len(plan.aggregated)
-  finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)
+  finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)  # waits for the round's results
   loss_sq = np.asarray(diagnostics["client_loss_sq"][:n])
+  run._tick("engine", tic)
   if loss_sq.ndim == 2:  # a stacked group's [clients, H]: point 0's (only uniform selection, which ignores them)
     loss_sq = loss_sq[:, 0]
   # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
