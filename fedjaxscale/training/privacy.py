@@ -25,16 +25,25 @@ events (Oort selection uses training losses; asynchronous FedBuff steps) is refu
 given an epsilon it does not have.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
+
+if TYPE_CHECKING:
+  import dp_accounting
+
+# dp_accounting (with scipy) takes seconds to import: functions import it when a DP run needs it.
 
 ACCOUNTANTS = ("rdp", "pld")
 
 
 def _accountant(kind: str, relation):
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
   if kind == "rdp":
     return dp_accounting.rdp.RdpAccountant(neighboring_relation=relation)
   if kind == "pld":
@@ -44,11 +53,15 @@ def _accountant(kind: str, relation):
 
 def poisson_event(rate: float, noise_multiplier: float) -> dp_accounting.DpEvent:
   """One Poisson-sampled DP-FedAvg round (add/remove one client)."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
   return dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise_multiplier))
 
 
 def fixed_size_event(pool: int, sample: int, noise_multiplier: float) -> dp_accounting.DpEvent:
   """One round sampling ``sample`` of ``pool`` without replacement (replace one client)."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
   return dp_accounting.SampledWithoutReplacementDpEvent(
     int(pool), int(sample), dp_accounting.GaussianDpEvent(noise_multiplier / 2.0)
   )
@@ -56,6 +69,8 @@ def fixed_size_event(pool: int, sample: int, noise_multiplier: float) -> dp_acco
 
 def epsilon_for(event: dp_accounting.DpEvent, rounds: int, delta: float, accountant: str = "rdp", relation=None):
   """Epsilon at ``delta`` after ``rounds`` repetitions of ``event``, straight from dp-accounting."""
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
   if relation is None:
     relation = (
       dp_accounting.NeighboringRelation.REPLACE_ONE
@@ -93,6 +108,8 @@ def noise_for_epsilon(
 
     z = noise_for_epsilon(2.0, 1e-5, rounds=500, rate=0.01)
   """
+  import dp_accounting  # pylint: disable=g-import-not-at-top
+
   if poisson:
     make_event = lambda z: dp_accounting.SelfComposedDpEvent(poisson_event(rate, z), rounds)
     relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
@@ -133,6 +150,8 @@ class RunPrivacy:
   population: int
 
   def __post_init__(self):
+    import dp_accounting  # pylint: disable=g-import-not-at-top
+
     self.rounds = 0
     self.pools: list[int] = []  # fixed size: clients online at each round's start
     self.samples: list[int] = []  # fixed size: clients selected each round
@@ -175,6 +194,8 @@ class RunPrivacy:
       self._pld = self._pld_round if self._pld is None else self._pld.compose(self._pld_round)
 
   def _event_of(self, r: int):
+    import dp_accounting  # pylint: disable=g-import-not-at-top
+
     if self.poisson:
       return poisson_event(self.rate, self.noise_multiplier)
     if self.samples[r] == 0:
