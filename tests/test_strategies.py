@@ -225,6 +225,27 @@ def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later
   assert len(engine.strategy_choices) == 1
 
 
+def test_another_lane_count_of_a_timed_program_reuses_its_choice(monkeypatch):
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.0)
+  program, shared, data = setup("logistic_regression")
+  engine = Engine()
+  engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))  # 8 lanes: timed
+  (first,) = engine.strategy_choices
+  compiles = engine.stats.compiles
+  more = make_cohort(data * 3, BATCH, local_steps=STEPS, seed=2)  # 15 clients: another lane count
+  got = engine.run(program, shared, more, jax.random.key(1))
+  second = engine.strategy_choices[1]
+  assert second["shape"]["lanes"] != first["shape"]["lanes"] and second["timed_at"] == first["shape"]
+  assert second["chosen"] == first["chosen"] and second["candidates"] == {}
+  assert engine.stats.compiles == compiles + 1  # the winner only, not every candidate again
+  assert_same(got, Engine("loop").run(program, shared, more, jax.random.key(1)))
+  # A resumed run adopts it like a timed choice.
+  resumed = Engine()
+  resumed.adopt_strategy_choices(engine.strategy_choices)
+  resumed.run(program, shared, more, jax.random.key(1))
+  assert resumed.strategy_choices[0]["adopted"] and resumed.strategy_choices[0]["chosen"] == first["chosen"]
+
+
 def test_autotune_leaves_quick_chunks_at_vmap(monkeypatch):
   monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 1e9)
   program, shared, data = setup("logistic_regression")

@@ -62,6 +62,7 @@ class CompiledRounds:
     self.strategy = strategy
     self.client_multiple = int(mesh.shape[CLIENTS])
     self.choices: list[dict] = []
+    self._choice_programs: list = []  # the client program of each of ``choices``
     self.adopted: dict = {}  # shape key -> Strategy recorded by an earlier process of the run (resume)
     self.resident: dict = {}
     self._programs: dict = {}  # signature -> the chosen Compiled
@@ -166,12 +167,15 @@ class CompiledRounds:
       "resident": isinstance(features, Resident),
     }
     adopted = self.adopted.get(shape_key(shape)) if self.strategy is None else None
-    if self.strategy is not None or adopted is not None:
-      given = self.strategy or adopted
+    timed = self._timed_sibling(program, shape) if self.strategy is None and adopted is None else None
+    if self.strategy is not None or adopted is not None or timed is not None:
+      given = self.strategy or adopted or strategies.parse_strategy(timed["chosen"])
       chosen = self._candidate(key, given, program, shared, lanes, features, rng)
       record = {"shape": shape, "candidates": {}, "chosen": str(given)}
       if adopted is not None:
         record["adopted"] = True  # measured before the run was resumed; not timed again
+      elif timed is not None:
+        record["timed_at"] = dict(timed["shape"])  # the same program at another lane count
     else:
       first = self._candidate(key, Strategy("vmap"), program, shared, lanes, features, rng)
       todo = strategies.candidates(jax.default_backend(), per_device, first.has_conv)
@@ -191,14 +195,30 @@ class CompiledRounds:
       for k in [k for k in self._candidates if k[0] == key]:  # free the losers' executables
         del self._candidates[k]
       self.choices.append(record)
+      self._choice_programs.append(program)
     return chosen
+
+  def _timed_sibling(self, program, shape: dict) -> dict | None:
+    """The record of this program timed at a shape that differs from ``shape`` only in its lane
+    count: its winner is reused, since each candidate costs a compile (minutes for a CNN on CPU)
+    and the ranking follows the per-lane program, not the number of lanes."""
+    same = {k: v for k, v in shape.items() if k != "lanes"}
+    with self._lock:
+      for record, owner in zip(self.choices, self._choice_programs):
+        if (
+          owner is program
+          and record["candidates"]
+          and {k: v for k, v in record["shape"].items() if k != "lanes"} == same
+        ):
+          return record
+    return None
 
   def adopt(self, choices) -> None:
     """Takes the strategies an earlier process of this run chose (``Engine.strategy_choices``),
     so a resumed run runs the very programs it ran before instead of timing them again: timing
     can choose differently, and strategies agree only to float rounding."""
     for record in choices:
-      if record.get("candidates") or record.get("adopted"):  # chosen by timing, here or before
+      if record.get("candidates") or record.get("adopted") or record.get("timed_at"):  # chosen by timing
         self.adopted[shape_key(record["shape"])] = strategies.parse_strategy(record["chosen"])
 
   def _compile(self, strategy: Strategy, program, shared, lanes: HostLanes, features, rng) -> Compiled:

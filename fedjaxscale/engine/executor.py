@@ -128,7 +128,8 @@ class Engine:
       ``lax.conv_general_dilated``. ``"auto"`` (default) times a short list of candidates
       (``strategies.candidates``: convolution variants only for programs that convolve) on the
       first chunk of every new shape, keeps the fastest with the compiled program and records
-      the choice in ``strategy_choices``. All strategies give the same results to float
+      the choice in ``strategy_choices``; a shape that differs from a timed one only in its
+      lane count reuses that winner (each candidate is a compile). All strategies give the same results to float
       rounding, not bit for bit, and timing can choose differently from one run to the next:
       name a strategy where runs must agree to the last bit. An unknown value raises
       ``ValueError`` naming it.
@@ -180,7 +181,9 @@ class Engine:
   def strategy_choices(self) -> list[dict]:
     """One plain dict per compiled shape: ``shape`` (lanes, steps, batch, packed, devices,
     resident), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
-    given or only one candidate applies) and ``chosen``. Empty for the per-client backends."""
+    given or only one candidate applies) and ``chosen``; ``timed_at``, the shape whose timing
+    chose it, when another lane count of the same program was timed. Empty for the per-client
+    backends."""
     if self.backend != "vmap":
       return []
     return [dict(c, shape=dict(c["shape"]), candidates=dict(c["candidates"])) for c in self._runner.choices]
