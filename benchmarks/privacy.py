@@ -50,6 +50,9 @@ def variants(base):
     "quantize 1 bit": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(1)),
     "quantize 8 bits": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(8)),
     "quantize 4 bits, rotated": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(4, rotate=True)),
+    "quantize 4 bits, rotated, blocks of 256": dp.private_aggregation(
+      base, encoder=encoders.stochastic_quantizer(4, rotate=True, block=256)
+    ),
     "top-k (k = 61)": dp.private_aggregation(base, encoder=encoders.top_k(61)),
     "top-k (k = 61) + error feedback": dp.private_aggregation(base, encoder=encoders.top_k(61), error_feedback=True),
     "DP + SecAgg 20 bits": dp.private_aggregation(base, secure_aggregation=secagg.secagg(20, 100.0), **dpk),

@@ -2,6 +2,7 @@
 composes with every algorithm; adaptive clipping moves the norm the way Andrew et al. say."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -139,3 +140,41 @@ def test_second_round_does_not_recompile():
   compiles, cache = alg.engine.stats.compiles, alg.server_update._cache_size()
   state, _ = alg.apply(state, cohort, jax.random.key(2))
   assert alg.engine.stats.compiles == compiles and alg.server_update._cache_size() == cache
+
+
+@pytest.mark.parametrize("clip", [None, CLIP])
+def test_shared_rotation_round_matches_its_reference(clip):
+  """A synchronous round of a rotated quantizer: every client rotates with the round's key,
+  quantizes, (is scaled to C,) and the server rotates the cohort's sum back once."""
+  from jax.flatten_util import ravel_pytree
+
+  from fedjaxscale.algorithms import encoders
+  from fedjaxscale.engine.program import client_key
+
+  model = models.logistic_regression(FEATURES, CLASSES)
+  enc = encoders.stochastic_quantizer(3, rotate=True, block=16)
+  kw = dict(clip_norm=clip, noise_multiplier=0.0, expected_clients=EXPECTED) if clip else {}
+  alg = dp.private_aggregation(algorithms.fedavg(model, optax.sgd(CLIENT_LR)), encoder=enc, seed=SEED, **kw)
+  clients = tiny_clients()
+  cohort = make_cohort(clients, BATCH, local_epochs=1, shuffle=False)
+  state = alg.init(model.init(jax.random.key(0)))
+  w = np.asarray(state.params["Dense_0"]["kernel"], np.float64)
+  b = np.asarray(state.params["Dense_0"]["bias"], np.float64)
+  rng = jax.random.key(5)
+  new, _ = alg.apply(state, cohort, rng)
+  rotation = jax.random.fold_in(jax.random.fold_in(jax.random.key(SEED), 0), 1)
+  total, weights = 0.0, 0.0
+  for k, c in enumerate(clients):
+    dw, db = reference.client_update(w, b, c["x"].astype(np.float64), c["y"], CLIENT_LR, BATCH, 0.0, local_epochs=1)
+    flat = ravel_pytree({"Dense_0": {"bias": db, "kernel": dw}})[0].astype(np.float32)
+    if clip:
+      flat = flat * min(1.0, clip / float(np.linalg.norm(flat)))
+    z = np.asarray(enc.shared_rotation.roundtrip(flat, jax.random.fold_in(client_key(rng, k), 1), rotation), np.float64)
+    if clip:
+      z = z * min(1.0, clip / np.linalg.norm(z))
+    weight = 1.0 if clip else len(c["y"])
+    total, weights = total + weight * z, weights + weight
+  mean = np.asarray(enc.shared_rotation.unrotate(jnp.asarray(total, jnp.float32), rotation, w.size + b.size))
+  mean = mean / (EXPECTED if clip else weights)
+  expected = ravel_pytree(state.params)[0] - mean  # FedAvg's server: SGD with learning rate 1
+  np.testing.assert_allclose(np.asarray(ravel_pytree(new.params)[0]), expected, rtol=1e-4, atol=1e-5)

@@ -170,3 +170,20 @@ def test_random_signs_are_balanced_and_independent_of_position():
   s = np.asarray(jax.vmap(lambda k: encoders.random_signs(k, 70))(jax.random.split(jax.random.key(3), 4000)))
   assert set(np.unique(s)) == {-1.0, 1.0}
   assert np.all(np.abs(s.mean(0)) < 5 / np.sqrt(4000))
+
+
+@pytest.mark.parametrize("block", [64, 16])  # one block; several
+def test_shared_rotation_is_unbiased_and_linear(block):
+  """A round's clients share the rotation: the sum of their rotated uploads rotated back once is
+  the sum of their decoded updates, and each is unbiased."""
+  enc, x, n = encoders.stochastic_quantizer(2, rotate=True, block=block), _x(), 4000
+  shared = enc.shared_rotation
+  rotation = jax.random.key(7)
+  keys = jax.random.split(jax.random.key(0), n)
+  z = jax.jit(jax.vmap(lambda k: shared.roundtrip(x, k, rotation)))(keys)
+  each = np.asarray(jax.jit(jax.vmap(lambda v: shared.unrotate(v, rotation, x.shape[0])))(z), np.float64)
+  mean, sem = each.mean(0), each.std(0) / np.sqrt(n) + 1e-7
+  assert np.all(np.abs(mean - np.asarray(x)) < 5 * sem + 1e-5)
+  once = np.asarray(shared.unrotate(jnp.sum(z[:50], 0), rotation, x.shape[0]), np.float64)
+  np.testing.assert_allclose(once, each[:50].sum(0), rtol=1e-5, atol=1e-5)
+  assert encoders.stochastic_quantizer(2).shared_rotation is None  # nothing to share unrotated

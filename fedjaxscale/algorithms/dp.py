@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from fedjaxscale.algorithms import secagg as secagg_lib
 from fedjaxscale.algorithms.base import Algorithm, ServerState, diagnostics_of
@@ -88,11 +89,20 @@ class PrivateOptState(NamedTuple):
 
 
 class PrivateShared(NamedTuple):
-  """What the clients receive: the usual ``Shared`` fields plus the round's clipping norm."""
+  """What the clients receive: the usual ``Shared`` fields plus the round's clipping norm and,
+  for an encoder with a ``SharedRotation``, the round's rotation key (uint32 key data)."""
 
   params: Any
   round: jax.Array
   clip: jax.Array
+  rotation: jax.Array | None = None
+
+
+class RotatedUpdate(NamedTuple):
+  """A client's decoded upload still in the round's shared rotated basis (``SharedRotation``);
+  the server rotates the cohort's sum back once."""
+
+  vector: jax.Array
 
 
 class PrivateUpdate(NamedTuple):
@@ -181,6 +191,8 @@ def private_aggregation(
   z_update = update_noise_multiplier(noise_multiplier, adaptive) if dp else 0.0
   inner_program, inner_update, engine = algorithm.client_program, algorithm.server_update, algorithm.engine
   sa = secure_aggregation
+  # Synchronous rounds of a rotated quantizer share one rotation (``encoders.SharedRotation``).
+  shared_rot = encoder.shared_rotation if encoder is not None and not error_feedback else None
   fixed_clip = jnp.float32(clip_norm if dp else 0.0)
 
   def init_client(shared, rng):
@@ -205,7 +217,17 @@ def private_aggregation(
       metrics["clipped"] = 1.0 - unclipped
       weight = (weight > 0).astype(jnp.float32)  # each client's weight <= 1: sensitivity C
     new_residual = None
-    if encoder is not None:
+    rotation = getattr(shared, "rotation", None)
+    if shared_rot is not None and rotation is not None and residual is None:
+      # The round's one rotation: the upload stays rotated (its norm is the decoded update's
+      # bound: rotating back is orthonormal, dropping the padding only shrinks it).
+      flat = ravel_pytree(delta)[0].astype(jnp.float32)
+      rot_key = jax.random.wrap_key_data(rotation)
+      z = shared_rot.roundtrip(flat, jax.random.fold_in(jax.random.wrap_key_data(key), 1), rot_key)
+      if dp:
+        z = z * jnp.minimum(1.0, clip / jnp.maximum(jnp.linalg.norm(z), 1e-30))
+      delta = RotatedUpdate(z)
+    elif encoder is not None:
       if residual is not None:
         delta = jax.tree.map(lambda d, e: d + e.astype(d.dtype), delta, residual)
       sent, _ = apply_encoder(
@@ -260,6 +282,10 @@ def private_aggregation(
     if sa is not None:
       update_sum = secagg_lib.decode(sa, update_sum)
       count = count.astype(jnp.float32)
+    if isinstance(update_sum, RotatedUpdate):  # rotate the sum back once, for the whole cohort
+      flat, unravel = ravel_pytree(state.params)
+      rotation = jax.random.wrap_key_data(rotation_key(state))
+      update_sum = unravel(shared_rot.unrotate(update_sum.vector, rotation, flat.shape[0]).astype(flat.dtype))
     weight_sum, clip = aggregate.weight_sum, opt.clip
     if dp:
       round_key = jax.random.fold_in(jax.random.wrap_key_data(opt.noise_key), state.round)
@@ -278,8 +304,19 @@ def private_aggregation(
       clip = clip * jnp.exp(-adaptive.learning_rate * (unclipped_fraction - adaptive.target_quantile))
     return ServerState(new.params, PrivateOptState(new.opt_state, clip, opt.noise_key), new.round)
 
+  def rotation_key(state: ServerState):
+    """The round's shared rotation (key data), from the noise key and the round; None without one."""
+    if shared_rot is None:
+      return None
+    round_key = jax.random.fold_in(jax.random.wrap_key_data(state.opt_state.noise_key), state.round)
+    return jax.random.key_data(jax.random.fold_in(round_key, 1))  # the noise uses split(round_key)
+
+  rotation_of = jax.jit(rotation_key)
+
   def shared_of(state: ServerState) -> PrivateShared:
-    return PrivateShared(state.params, state.round, state.opt_state.clip)
+    return PrivateShared(
+      state.params, state.round, state.opt_state.clip, None if shared_rot is None else rotation_of(state)
+    )
 
   def diagnostics(before, cohort, aggregate, per_client, clip_used) -> Deferred:
     base = diagnostics_of(engine, before, cohort, aggregate, per_client)
@@ -330,6 +367,7 @@ __all__ = [
   "PrivateOptState",
   "PrivateShared",
   "PrivateUpdate",
+  "RotatedUpdate",
   "clip_tree",
   "expected_cohort",
   "private_aggregation",

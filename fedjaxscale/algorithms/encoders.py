@@ -26,8 +26,11 @@ Encoders:
   Hadamard rotation ``H D / sqrt(n)`` (D a random diagonal of signs), which shrinks the range to
   about ``||x|| sqrt(log n / n)``; vectors longer than ``block`` are rotated block by block
   (padded to a multiple of ``block``, not to the next power of 2), as practical systems do. The
-  rotation's signs come from randomness shared with the server (the round's key), so they cost
-  no bits.
+  rotation's signs come from randomness shared with the server, so they cost no bits. In a
+  synchronous round of ``dp.private_aggregation`` every client uses the round's one rotation
+  (``SharedRotation``, the paper's public randomness) and the server rotates the sum back once;
+  elsewhere (error feedback, asynchronous buffers mixing model versions) each client rotates
+  with its own key and decodes its own upload.
   Distributed Mean Estimation with Limited Communication. Ananda Theertha Suresh, Felix X. Yu,
   Sanjiv Kumar, H. Brendan McMahan. ICML 2017. arXiv:1611.00429. (pi_sk and pi_srk.)
 * ``top_k(k)``: the k entries of largest magnitude as (float32 value, index) pairs,
@@ -91,6 +94,25 @@ class UpdateEncoder(NamedTuple):
   num_bits: Callable[[int], int]
   name: str
   roundtrip: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  shared_rotation: "SharedRotation | None" = None  # rotated quantizers: see SharedRotation
+
+
+class SharedRotation(NamedTuple):
+  """A rotated encoder's path with one rotation shared by every client of a round.
+
+  Suresh et al.'s rotation comes from public randomness: with the same ``H D`` for all
+  clients, the server can sum the clients' decoded uploads while they are still rotated and
+  rotate the sum back once (the rotation is linear), instead of once per client.
+
+  Attributes:
+    roundtrip: ``(vector float32 [d], key, rotation key) -> [n]``, the client's decoded upload
+      in the rotated basis (``n >= d``, zero-padded); ``key`` is the client's rounding key.
+    unrotate: ``(sum [n], rotation key, d) -> [d]``, linear: the sum of the clients' decoded
+      updates in the original basis.
+  """
+
+  roundtrip: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+  unrotate: Callable[[jax.Array, jax.Array, int], jax.Array]
 
 
 def identity() -> UpdateEncoder:
@@ -219,17 +241,21 @@ def stochastic_quantizer(bits: int, rotate: bool = False, block: int = ROTATION_
     blocks, m = _rotation_shape(d, block)
     return (hadamard(y.reshape(blocks, m)).reshape(-1) * random_signs(sign_key, blocks * m))[:d]
 
-  def quantize(x, key):
-    """(rotated) x -> (level index as float32, lo, span, sign key)."""
-    sign_key, round_key = jax.random.split(key)
-    if rotate:
-      x = rotated(x, sign_key)
+  def to_levels(x, round_key):
+    """x -> (level index as float32, lo, span)."""
     lo, hi = jnp.min(x), jnp.max(x)
     span = jnp.where(hi > lo, hi - lo, 0.0)
     scaled = (x - lo) * (levels / jnp.where(hi > lo, span, 1.0))
     floor = jnp.floor(scaled)
     up = rounding_uniforms(round_key, x.shape[0]) < (scaled - floor)
-    return jnp.clip(floor + up, 0, levels), lo, span, sign_key
+    return jnp.clip(floor + up, 0, levels), lo, span
+
+  def quantize(x, key):
+    """(rotated) x -> (level index as float32, lo, span, sign key)."""
+    sign_key, round_key = jax.random.split(key)
+    if rotate:
+      x = rotated(x, sign_key)
+    return (*to_levels(x, round_key), sign_key)
 
   def levels_to_vector(q, lo, span, sign_key, d):
     x = lo + q * (span / levels)
@@ -251,8 +277,16 @@ def stochastic_quantizer(bits: int, rotate: bool = False, block: int = ROTATION_
     blocks, m = _rotation_shape(d, block) if rotate else (1, int(d))
     return blocks * m * bits + 2 * SCALAR_BITS
 
+  def shared_roundtrip(x, round_key, sign_key):
+    q, lo, span = to_levels(rotated(x, sign_key), round_key)
+    return lo + q * (span / levels)
+
+  def unrotate(y, sign_key, d):
+    return unrotated(y, sign_key, d)
+
   name = f"{'rotated_' if rotate else ''}q{bits}"
-  return UpdateEncoder(encode, decode, num_bits, name, roundtrip)
+  shared = SharedRotation(shared_roundtrip, unrotate) if rotate else None
+  return UpdateEncoder(encode, decode, num_bits, name, roundtrip, shared)
 
 
 def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
