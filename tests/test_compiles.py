@@ -88,6 +88,7 @@ def _run_cli(workdir, cache_dir, *flags):
       f"--workdir={workdir}",
       "--config.rounds=2",
       "--config.checkpoint_every=0",
+      "--config.plots=False",
       "--overwrite",
       *flags,
     ],

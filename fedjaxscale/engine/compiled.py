@@ -158,14 +158,7 @@ class CompiledRounds:
   def _choose(self, key, program, shared, lanes, features, data, rng) -> Compiled:
     """The explicit strategy, or the fastest candidate timed on this chunk's inputs."""
     per_device = lanes.num_lanes // self.client_multiple
-    shape = {
-      "lanes": lanes.num_lanes,
-      "steps": int(lanes.mask.shape[1]),
-      "batch": int(lanes.mask.shape[2]),
-      "packed": lanes.packed,
-      "devices": self.client_multiple,
-      "resident": isinstance(features, Resident),
-    }
+    shape = self._shape(lanes, features)
     adopted = self.adopted.get(shape_key(shape)) if self.strategy is None else None
     timed = self._timed_sibling(program, shape) if self.strategy is None and adopted is None else None
     if self.strategy is not None or adopted is not None or timed is not None:
@@ -197,6 +190,25 @@ class CompiledRounds:
       self.choices.append(record)
       self._choice_programs.append(program)
     return chosen
+
+  def _shape(self, lanes: HostLanes, features) -> dict:
+    """A chunk's shape as ``strategy_choices`` records it."""
+    return {
+      "lanes": lanes.num_lanes,
+      "steps": int(lanes.mask.shape[1]),
+      "batch": int(lanes.mask.shape[2]),
+      "packed": lanes.packed,
+      "devices": self.client_multiple,
+      "resident": isinstance(features, Resident),
+    }
+
+  def _probe_strategy(self, program, lanes: HostLanes, features) -> Strategy:
+    """What the memory probe compiles: the strategy that will run when it is known already (an
+    explicit one, or a timed sibling's winner), else ``vmap``, the first candidate."""
+    if self.strategy is not None:
+      return self.strategy
+    timed = self._timed_sibling(program, self._shape(lanes, features))
+    return strategies.parse_strategy(timed["chosen"]) if timed is not None else Strategy("vmap")
 
   def _timed_sibling(self, program, shape: dict) -> dict | None:
     """The record of this program timed at a shape that differs from ``shape`` only in its lane
@@ -325,9 +337,10 @@ class CompiledRounds:
   def _memory_limit(self, program, shared, lanes: HostLanes, features, rng, cap: int | None) -> int | None:
     """The lanes that fit the memory budget, from XLA's analysis of a probe chunk (None: all).
 
-    The probe is compiled with the explicit strategy, or with ``vmap`` (which holds every lane's
-    intermediate values at once, the most any candidate needs) under ``"auto"``; it is the
-    shape's first chunk when that fits, so its compilation is one of the candidates'.
+    The probe is compiled with the strategy that will run when that is known (explicit, or a timed
+    sibling's winner: ``_probe_strategy``), else with ``vmap`` (which holds every lane's
+    intermediate values at once, the most any candidate needs); it is the shape's first chunk
+    when that fits, so its compilation is the one that runs, or one of the candidates'.
     """
     num_lanes = lanes.mask.shape[0]
     probe_size = chunk_sizes(num_lanes, self.client_multiple, cap)[0]
@@ -338,8 +351,9 @@ class CompiledRounds:
     budget = self.memory_budget_bytes or default_memory_budget()
     with self._lock:
       chosen = self._programs.get(key)
+    probe_strategy = self._probe_strategy(program, probe, features)
     if chosen is None:
-      chosen = self._candidate(key, self.strategy or Strategy("vmap"), program, shared, probe, features, rng)
+      chosen = self._candidate(key, probe_strategy, program, shared, probe, features, rng)
     stats = chosen.step.memory_analysis()
     used = 0
     if stats is not None:
@@ -351,7 +365,7 @@ class CompiledRounds:
     self._chunk_limits[key] = limit
     if limit is not None:  # the probe is not a shape that will run: drop its executable
       with self._lock:
-        self._candidates.pop((key, self.strategy or Strategy("vmap")), None)
+        self._candidates.pop((key, probe_strategy), None)
     return limit
 
 
