@@ -131,6 +131,16 @@ def clip_tree(tree, clip: jax.Array):
   return jax.tree.map(lambda x: x * factor.astype(x.dtype), tree), norm
 
 
+def round_key(noise_key: jax.Array, round_: jax.Array) -> jax.Array:
+  """The round's key, ``fold_in(noise key, round)``: the noise comes from its ``split``."""
+  return jax.random.fold_in(jax.random.wrap_key_data(noise_key), round_)
+
+
+def rotation_key(noise_key: jax.Array, round_: jax.Array) -> jax.Array:
+  """The round's shared rotation (key data): ``fold_in(round key, 1)``, apart from the noise's."""
+  return jax.random.key_data(jax.random.fold_in(round_key(noise_key, round_), 1))
+
+
 def private_aggregation(
   algorithm: Algorithm,
   *,
@@ -217,15 +227,15 @@ def private_aggregation(
       metrics["clipped"] = 1.0 - unclipped
       weight = (weight > 0).astype(jnp.float32)  # each client's weight <= 1: sensitivity C
     new_residual = None
-    rotation = getattr(shared, "rotation", None)
-    if shared_rot is not None and rotation is not None and residual is None:
+    rotation = getattr(shared, "rotation", None)  # None in async steps and stacked sweeps
+    if shared_rot is not None and rotation is not None:  # (never with error feedback: shared_rot)
       # The round's one rotation: the upload stays rotated (its norm is the decoded update's
       # bound: rotating back is orthonormal, dropping the padding only shrinks it).
       flat = ravel_pytree(delta)[0].astype(jnp.float32)
       rot_key = jax.random.wrap_key_data(rotation)
       z = shared_rot.roundtrip(flat, jax.random.fold_in(jax.random.wrap_key_data(key), 1), rot_key)
       if dp:
-        z = z * jnp.minimum(1.0, clip / jnp.maximum(jnp.linalg.norm(z), 1e-30))
+        z, _ = clip_tree(z, clip)
       delta = RotatedUpdate(z)
     elif encoder is not None:
       if residual is not None:
@@ -284,12 +294,11 @@ def private_aggregation(
       count = count.astype(jnp.float32)
     if isinstance(update_sum, RotatedUpdate):  # rotate the sum back once, for the whole cohort
       flat, unravel = ravel_pytree(state.params)
-      rotation = jax.random.wrap_key_data(rotation_key(state))
+      rotation = jax.random.wrap_key_data(rotation_key(opt.noise_key, state.round))
       update_sum = unravel(shared_rot.unrotate(update_sum.vector, rotation, flat.shape[0]).astype(flat.dtype))
     weight_sum, clip = aggregate.weight_sum, opt.clip
     if dp:
-      round_key = jax.random.fold_in(jax.random.wrap_key_data(opt.noise_key), state.round)
-      update_key, count_key = jax.random.split(round_key)
+      update_key, count_key = jax.random.split(round_key(opt.noise_key, state.round))
       leaves, treedef = jax.tree.flatten(update_sum)
       keys = jax.random.split(update_key, len(leaves))
       std = z_update * clip
@@ -304,19 +313,12 @@ def private_aggregation(
       clip = clip * jnp.exp(-adaptive.learning_rate * (unclipped_fraction - adaptive.target_quantile))
     return ServerState(new.params, PrivateOptState(new.opt_state, clip, opt.noise_key), new.round)
 
-  def rotation_key(state: ServerState):
-    """The round's shared rotation (key data), from the noise key and the round; None without one."""
-    if shared_rot is None:
-      return None
-    round_key = jax.random.fold_in(jax.random.wrap_key_data(state.opt_state.noise_key), state.round)
-    return jax.random.key_data(jax.random.fold_in(round_key, 1))  # the noise uses split(round_key)
-
   rotation_of = jax.jit(rotation_key)
 
   def shared_of(state: ServerState) -> PrivateShared:
-    return PrivateShared(
-      state.params, state.round, state.opt_state.clip, None if shared_rot is None else rotation_of(state)
-    )
+    opt = state.opt_state
+    rotation = None if shared_rot is None else rotation_of(opt.noise_key, state.round)
+    return PrivateShared(state.params, state.round, opt.clip, rotation)
 
   def diagnostics(before, cohort, aggregate, per_client, clip_used) -> Deferred:
     base = diagnostics_of(engine, before, cohort, aggregate, per_client)

@@ -281,11 +281,8 @@ def stochastic_quantizer(bits: int, rotate: bool = False, block: int = ROTATION_
     q, lo, span = to_levels(rotated(x, sign_key), round_key)
     return lo + q * (span / levels)
 
-  def unrotate(y, sign_key, d):
-    return unrotated(y, sign_key, d)
-
   name = f"{'rotated_' if rotate else ''}q{bits}"
-  shared = SharedRotation(shared_roundtrip, unrotate) if rotate else None
+  shared = SharedRotation(shared_roundtrip, unrotated) if rotate else None
   return UpdateEncoder(encode, decode, num_bits, name, roundtrip, shared)
 
 

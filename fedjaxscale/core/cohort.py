@@ -20,6 +20,12 @@ from fedjaxscale.core.buckets import bucket_size
 IDLE = -1  # owner of a step that belongs to no client
 
 
+def take_rows(features: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+  """``features[rows]`` on the host, shaped ``rows.shape + per-example shape``."""
+  flat = rows.reshape(-1)
+  return {name: np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]) for name, x in features.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class CohortPart:
   """Lanes that share one ``[steps, batch]`` shape.
@@ -46,10 +52,7 @@ class CohortPart:
 
   def gather(self, lanes: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
     """The examples of ``lanes``: feature name -> ``[lanes, steps, batch, ...]``."""
-    rows = self.rows[lanes]
-    return {
-      name: np.asarray(x[rows.reshape(-1)]).reshape(rows.shape + x.shape[1:]) for name, x in self.features.items()
-    }
+    return take_rows(self.features, self.rows[lanes])
 
   @property
   def batch(self) -> dict[str, np.ndarray]:

@@ -14,11 +14,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fedjaxscale.core.cohort import IDLE, chunk_sizes
+from fedjaxscale.core.cohort import IDLE, chunk_sizes, take_rows
 from fedjaxscale.core.tree import tree_where
 from fedjaxscale.engine import strategies
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, slice_lanes
-from fedjaxscale.engine.placement import CLIENTS, default_memory_budget, put_host, put_rows, take_rows
+from fedjaxscale.engine.placement import CLIENTS, default_memory_budget, put_host, put_rows
 from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, zero_aggregate
 from fedjaxscale.engine.strategies import Strategy
 

@@ -10,6 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fedjaxscale.core.cohort import take_rows
 from fedjaxscale.core.types import PyTree
 
 CLIENTS = "clients"
@@ -65,12 +66,6 @@ def place_replicated(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     return put_host(np.asarray(x), sharding)
 
   return jax.tree.map(place, tree)
-
-
-def take_rows(features: Mapping[str, np.ndarray], rows: np.ndarray) -> dict:
-  """``features[rows]`` on the host, shaped ``rows.shape + per-example shape``."""
-  flat = rows.reshape(-1)
-  return {name: np.asarray(x[flat]).reshape(rows.shape + x.shape[1:]) for name, x in features.items()}
 
 
 def replicated_arguments(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
