@@ -19,7 +19,7 @@ from fedjaxscale.core.tree import tree_where
 from fedjaxscale.engine import strategies
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, slice_lanes
 from fedjaxscale.engine.placement import CLIENTS, default_memory_budget, put_host, put_rows
-from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, zero_aggregate
+from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, when, zero_aggregate
 from fedjaxscale.engine.strategies import Strategy
 
 CPU_LANES_PER_DEVICE = 1024  # default chunk cap on CPU (see Engine)
@@ -269,10 +269,15 @@ class CompiledRounds:
           key = client_key(rng, o)
           carry = tree_where(st, program.init(shared, key), carry)
           carry = program.step(shared, carry, b, m, jax.random.fold_in(key, ls))
-          out = program.finish(shared, carry, n)
-          weighted, w, nonfinite = weigh(out, wm * en, (o != IDLE) & en)
+
+          def finish(carry):
+            out = program.finish(shared, carry, n)
+            return *weigh(out, wm, o != IDLE), out.metrics
+
+          # Metrics are read at a client's last step only (``lanes.per_client``).
+          weighted, w, nonfinite, metrics = when(en, finish, carry)
           acc = accumulate(acc, Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
-          return (carry, acc), (out.metrics, nonfinite)
+          return (carry, acc), (metrics, nonfinite)
 
         (_, acc), (metrics, nonfinite) = jax.lax.scan(
           body,

@@ -82,6 +82,18 @@ def accumulate(acc: Aggregate, contrib: Aggregate) -> Aggregate:
   return jax.tree.map(jnp.add, acc, contrib)
 
 
+def when(pred, fn: Callable, *args):
+  """``fn(*args)`` if ``pred``, else zeros shaped like it.
+
+  A packed lane finishes a client (clips, encodes and weighs its update) at that client's last
+  step only: a real branch where lanes run one at a time (``lax.map``), a select under ``vmap``
+  (which computes both, as an unconditional finish did). ``fn``'s result at a step where
+  ``pred`` is False must never be needed.
+  """
+  shapes = jax.eval_shape(fn, *args)
+  return jax.lax.cond(pred, fn, lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), *args)
+
+
 def client_key(rng, owner):
   return jax.random.fold_in(rng, jnp.maximum(owner, 0))
 

@@ -40,7 +40,7 @@ from fedjaxscale.engine.executor import Engine
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, per_client, slice_lanes
 from fedjaxscale.engine.per_client import run_clients
 from fedjaxscale.engine.placement import CLIENTS, put_host, put_rows
-from fedjaxscale.engine.program import Aggregate, ClientOutput, accumulate, client_key, weigh
+from fedjaxscale.engine.program import Aggregate, ClientOutput, accumulate, client_key, weigh, when
 from fedjaxscale.engine.strategies import Strategy, map_lanes, parse_strategy
 
 
@@ -204,11 +204,16 @@ def _compile(engine, program: StatefulProgram, shared, data, rng, packed: bool, 
       state = tree_where(st, loaded, state)
       carry = program.step(shared, carry, b, m, jax.random.fold_in(key, ls))
       real = (o != IDLE) & en
-      out, weighted, w, nonfinite, new_state, wrote = _finish(program, shared, carry, n, wm * en, real, state)
+
+      def finish(carry, state):
+        out, weighted, w, nonfinite, new_state, wrote = _finish(program, shared, carry, n, wm, o != IDLE, state)
+        return out.metrics, weighted, w, nonfinite, new_state, wrote
+
+      metrics, weighted, w, nonfinite, new_state, wrote = when(en, finish, carry, state)  # zeros before its end
       acc = accumulate(acc, Aggregate(weighted, w, nonfinite.astype(jnp.int32)))
       new_states = jax.tree.map(lambda s, v: s.at[j].set(jnp.where(real, v, s[j])), new_states, new_state)
       written = written.at[j].set(jnp.where(real, wrote, written[j]))
-      return (carry, state, acc, new_states, written), (out.metrics, nonfinite)
+      return (carry, state, acc, new_states, written), (metrics, nonfinite)
 
     xs = (batch, mask, owner, start, end, local_step, num_examples, weight, index)
     (_, _, acc, new_states, written), (metrics, nonfinite) = jax.lax.scan(
