@@ -25,7 +25,7 @@ demo: install
 	$(VENV)/bin/fedjaxscale --config=experiments/configs/synthetic.py --workdir=runs/demo --overwrite
 
 test: install-test lint
-	$(TEST_ENV) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --durations=25 $(PYTEST_ARGS)
 
 # ruff's lint rules and formatter, configured in pyproject.toml (2-space indents, double quotes).
 lint: install-test

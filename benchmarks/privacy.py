@@ -5,6 +5,7 @@ Usage (from the repository root):
   python benchmarks/privacy.py                  # 1,000 clients, logistic regression (60 -> 10)
   python benchmarks/privacy.py --clients 200 --rounds 5
   python benchmarks/privacy.py --strategy vmap  # every variant on one engine strategy
+  python benchmarks/privacy.py --workload mlp   # a round of configs/compression.py: 26 clients, 299k parameters
 
 One cohort of ``--clients`` clients (20 examples each, 2 local steps of batch 10) runs through
 plain FedAvg and through ``algorithms.dp.private_aggregation`` wrappers of the same FedAvg, the
@@ -41,8 +42,8 @@ from fedjaxscale.engine import Engine
 from fedjaxscale.state import ClientStateStore, StateLayout
 
 
-def variants(base):
-  dpk = dict(clip_norm=0.5, noise_multiplier=1.0, expected_clients=1000.0)
+def variants(base, clients: int, k: int):
+  dpk = dict(clip_norm=0.5, noise_multiplier=1.0, expected_clients=float(clients))
   return {
     "fedavg (plain)": base,
     "DP: clip + noise": dp.private_aggregation(base, **dpk),
@@ -53,29 +54,35 @@ def variants(base):
     "quantize 4 bits, rotated, blocks of 256": dp.private_aggregation(
       base, encoder=encoders.stochastic_quantizer(4, rotate=True, block=256)
     ),
-    "top-k (k = 61)": dp.private_aggregation(base, encoder=encoders.top_k(61)),
-    "top-k (k = 61) + error feedback": dp.private_aggregation(base, encoder=encoders.top_k(61), error_feedback=True),
+    f"top-k (k = {k:,})": dp.private_aggregation(base, encoder=encoders.top_k(k)),
+    f"top-k (k = {k:,}) + error feedback": dp.private_aggregation(base, encoder=encoders.top_k(k), error_feedback=True),
     "DP + SecAgg 20 bits": dp.private_aggregation(base, secure_aggregation=secagg.secagg(20, 100.0), **dpk),
   }
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser()
-  parser.add_argument("--clients", type=int, default=1000)
+  parser.add_argument("--workload", choices=("logreg", "mlp"), default="logreg")
+  parser.add_argument("--clients", type=int, default=None, help="default: 1,000 (logreg), 26 (mlp)")
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--strategy", default="auto", help="the engine's execution strategy for every variant")
   args = parser.parse_args(argv)
   rng = np.random.default_rng(0)
+  mlp = args.workload == "mlp"
+  args.clients = args.clients or (26 if mlp else 1000)
+  # mlp: a round of configs/compression.py (26 clients of 10-199 examples, one local epoch: packed lanes).
+  sizes = rng.integers(10, 200, args.clients) if mlp else np.full(args.clients, 20)
   clients = [
-    {"x": rng.normal(size=(20, 60)).astype(np.float32), "y": rng.integers(0, 10, 20).astype(np.int32)}
-    for _ in range(args.clients)
+    {"x": rng.normal(size=(n, 60)).astype(np.float32), "y": rng.integers(0, 10, n).astype(np.int32)} for n in sizes
   ]
-  model = models.logistic_regression(60, 10)
+  model = models.mlp(60, 10, hidden=(512, 512)) if mlp else models.logistic_regression(60, 10)
   base = algorithms.fedavg(model, optax.sgd(0.05), engine=Engine(strategy=args.strategy))
-  cohort = make_cohort(clients, 10, local_steps=2, seed=0, lane_multiple=base.engine.client_multiple)
+  work = dict(local_epochs=1.0) if mlp else dict(local_steps=2)
+  cohort = make_cohort(clients, 10, **work, seed=0, lane_multiple=base.engine.client_multiple)
   members = np.arange(args.clients)
   params = model.init(jax.random.key(0))
-  algs = variants(base)
+  params_count = sum(x.size for x in jax.tree.leaves(params))
+  algs = variants(base, args.clients, max(1, params_count // 10))
   states = {name: alg.init(params) for name, alg in algs.items()}
   stores = {
     name: ClientStateStore(StateLayout.from_spec(alg.state_spec(states[name])), args.clients, "memory")
@@ -98,7 +105,12 @@ def main(argv=None):
   rows = [(name, float(np.median(t)), float(np.min(t))) for name, t in times.items()]
   plain, plain_min = rows[0][1], rows[0][2]
   load = os.getloadavg()
-  print(f"{args.clients} clients, logistic regression 60->10 (610 parameters), 2 local steps of batch 10;")
+  what = (
+    "an MLP 60-512-512-10, one local epoch of batch 10 over 10-199 examples"
+    if mlp
+    else "logistic regression 60->10, 2 local steps of batch 10"
+  )
+  print(f"{args.clients} clients, {what} ({params_count:,} parameters);")
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.device_count()} JAX device(s);")
   print(f"engine strategy {args.strategy!r}; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f};")
   print(f"{args.rounds} rounds after 2 warm-ups, the variants taking turns.\n")
