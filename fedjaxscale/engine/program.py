@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedjaxscale.core.tree import tree_all_finite
+from fedjaxscale.core.tree import tree_all_finite, tree_zeros_like
 from fedjaxscale.core.types import PRNGKey, PyTree
 
 
@@ -91,7 +91,7 @@ def when(pred, fn: Callable, *args):
   ``pred`` is False must never be needed.
   """
   shapes = jax.eval_shape(fn, *args)
-  return jax.lax.cond(pred, fn, lambda *a: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), *args)
+  return jax.lax.cond(pred, fn, lambda *a: tree_zeros_like(shapes), *args)
 
 
 def client_key(rng, owner):
