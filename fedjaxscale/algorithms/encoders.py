@@ -287,11 +287,37 @@ def stochastic_quantizer(bits: int, rotate: bool = False, block: int = ROTATION_
 
 
 def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
-  """Exactly k True at the entries of largest magnitude (``lax.top_k``'s choice among ties: the
-  lowest indices). A scatter of k booleans and a select: cheaper on XLA:CPU than gathering and
-  scattering the values, and than a tie-break by cumulative sum (measured)."""
-  _, index = jax.lax.top_k(jnp.abs(x), k)
-  return jnp.zeros(x.shape, bool).at[index].set(True)
+  """Exactly k True at the entries of largest magnitude, ties broken towards the lowest indices
+  (``lax.top_k``'s choice), found by two binary searches instead of ``lax.top_k``.
+
+  The k-th largest magnitude is found bit by bit on the float's bits (for ``|x| >= 0`` its int32
+  bit pattern orders as the value does): 31 passes of ``count(|x| >= candidate) >= k`` give the
+  largest threshold ``t`` with at least k entries at or above it, which is the k-th largest
+  magnitude exactly. Entries above ``t`` are kept; of those equal to ``t``, the first
+  ``k - count(|x| > t)`` by index, found by a second search over ``ceil(log2 d)`` index bits.
+  Each pass is one compare-and-count over the vector, which XLA:CPU runs 2-3.5x faster than its
+  ``lax.top_k`` at every size measured (d = 610 to 299,018, k = d / 10, a cohort under ``vmap``;
+  ``benchmarks/README.md``).
+  """
+  d = x.shape[0]
+  bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.int32)
+
+  def raise_bit(i, lo):
+    candidate = lo | (jnp.int32(1) << (30 - i))
+    return jnp.where(jnp.sum(bits >= candidate) >= k, candidate, lo)
+
+  threshold = jax.lax.fori_loop(0, 31, raise_bit, jnp.int32(0))
+  above, tie = bits > threshold, bits == threshold
+  need = k - jnp.sum(above)
+  index = jnp.arange(d, dtype=jnp.int32)
+  index_bits = max(int(d - 1).bit_length(), 1)
+
+  def lower_bit(i, last):  # the smallest ``last`` with count(tie & index <= last) >= need
+    candidate = last - (jnp.int32(1) << (index_bits - 1 - i))
+    return jnp.where(jnp.sum(tie & (index <= candidate)) >= need, candidate, last)
+
+  last = jax.lax.fori_loop(0, index_bits, lower_bit, jnp.int32((1 << index_bits) - 1))
+  return above | (tie & (index <= last))
 
 
 def top_k(k: int) -> UpdateEncoder:
