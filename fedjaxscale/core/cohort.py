@@ -11,6 +11,7 @@ Arrays here are NumPy, on the host: the engine owns every transfer to the device
 """
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -71,7 +72,7 @@ class CohortPart:
   def batch_size(self) -> int:
     return int(self.mask.shape[2])
 
-  @property
+  @functools.cached_property
   def packed(self) -> bool:
     """True when some lane holds more than one client (a client then idle steps is not packed)."""
     o = self.owner
@@ -133,11 +134,14 @@ class Cohort:
       )
     seen = np.zeros(n, np.int64)
     for p in self.parts:
-      owners = p.owner[p.owner != IDLE]
+      o = p.owner
+      real = o != IDLE
+      owners = o[real]
       if len(owners) and (owners.min() < 0 or owners.max() >= n):
         raise ValueError(f"cohort part names client positions outside 0..{n - 1}")
-      start, _, _ = p.boundaries()
-      np.add.at(seen, p.owner[start & (p.owner != IDLE)], 1)
+      start = real.copy()  # a run's first step: real, and the lane's first or a change of owner
+      start[:, 1:] &= o[:, 1:] != o[:, :-1]
+      seen += np.bincount(o[start], minlength=n)
     if not np.all(seen == 1):
       bad = np.flatnonzero(seen != 1)[:5].tolist()
       raise ValueError(f"every client must own exactly one run of steps in one lane; positions {bad} do not")

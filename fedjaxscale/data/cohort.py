@@ -409,39 +409,85 @@ def _best_fit_decreasing(steps, order, length):
 def _part(
   features, starts, sizes, width, total, steps, lane, offset, num_lanes, lane_steps, batch_size, shuffle, rng
 ) -> CohortPart:
-  """Builds the part's row indices ``[lanes, steps, batch]`` (the engine gathers them)."""
+  """Builds the part's row indices ``[lanes, steps, batch]`` (the engine gathers them).
+
+  Every client's example stream is its rows in order (or, with ``shuffle``, a fresh permutation
+  of them each epoch); local step s of a client reads positions ``s * width .. s * width + width``
+  of it. When each client has a lane of its own from the lane's first step (no packing: fixed
+  local steps, or ``pack=False``) the arrays are built in the ``[lanes, steps, batch]`` layout
+  directly; otherwise per (client, local step) and scattered into the lanes. Both give the same
+  arrays.
+  """
+  n_clients = len(sizes)
   slots = np.maximum(steps, 1)
-  client = np.repeat(np.arange(len(slots)), slots)  # one entry per (client, local step)
-  local = np.arange(len(client)) - np.repeat(np.cumsum(slots) - slots, slots)
-  owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
-  owner[lane[client], offset[client] + local] = client
-  j = np.arange(batch_size, dtype=np.int64)[None, :]
-  w = width[client][:, None]
-  pos = local[:, None] * w + j  # position in the client's example stream
-  real = (j < w) & (pos < total[client][:, None]) & (local < steps[client])[:, None]
+  own_lanes = n_clients <= num_lanes and not offset.any() and np.array_equal(lane, np.arange(n_clients))
+  j = np.arange(batch_size, dtype=np.int64)
+  if own_lanes:  # [clients, lane_steps, batch]
+    client = np.arange(n_clients)
+    local = np.arange(lane_steps, dtype=np.int64)[None, :, None]
+    per = (slice(None), None, None)
+    j = j[None, None, :]
+  else:  # [sum of slots, batch]: one entry per (client, local step)
+    client = np.repeat(np.arange(n_clients), slots)
+    local = (np.arange(len(client)) - np.repeat(np.cumsum(slots) - slots, slots))[:, None]
+    per = (slice(None), None)
+    j = j[None, :]
+  w = width[client][per]
+  pos = local * w + j  # position in the client's example stream
+  real = (j < w) & (pos < total[client][per]) & (local < steps[client][per])
   pos = np.where(real, pos, 0)
-  n = sizes[client][:, None]
+  n = sizes[client][per]
   epoch, within = pos // n, pos % n
   if shuffle:
-    # One independent permutation per (client, epoch): sort random keys within each segment.
     epochs = np.maximum(-(-total // sizes), 1)
     seg_len = np.repeat(sizes, epochs)
     seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
-    seg_id = np.repeat(np.arange(len(seg_len)), seg_len)
-    # Sorting segment + uniform in [0, 1) orders by segment, then randomly within it: one float
-    # argsort, several times faster than ``np.lexsort`` on the two keys.
-    order = np.argsort(seg_id + rng.random(len(seg_id)))
-    local_perm = order - seg_start[seg_id]
+    local_perm = _segment_permutations(seg_len, seg_start, rng)
     client_seg0 = np.concatenate([[0], np.cumsum(epochs)[:-1]])
-    seg = client_seg0[client][:, None] + np.minimum(epoch, epochs[client][:, None] - 1)
+    seg = client_seg0[client][per] + np.minimum(epoch, epochs[client][per] - 1)
     within = local_perm[seg_start[seg] + within]
   # Idle slots (masked) read the cohort's first example, the same row whichever source it came from.
+  if own_lanes:
+    used = local < slots[:, None, None]  # a client's slots; the rest of its lane is idle
+    rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
+    rows[:n_clients] = np.where(used, starts[:, None, None] + within, starts[0])
+    mask = np.zeros((num_lanes, lane_steps, batch_size), bool)
+    mask[:n_clients] = real
+    owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
+    owner[:n_clients] = np.where(used[:, :, 0], client[:, None], IDLE)
+    return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
+  owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
+  where = (lane[client], offset[client] + local[:, 0])
+  owner[where] = client
   rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
   mask = np.zeros((num_lanes, lane_steps, batch_size), bool)
-  where = (lane[client], offset[client] + local)
   rows[where] = starts[client][:, None] + within
   mask[where] = real
   return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
+
+
+def _segment_permutations(seg_len: np.ndarray, seg_start: np.ndarray, rng) -> np.ndarray:
+  """One independent uniform permutation of ``0..len-1`` per segment, laid end to end.
+
+  Each entry draws a uniform (one ``rng.random`` draw for all, in order); a segment's
+  permutation is the order of its entries' uniforms. Sorting ``segment + uniform`` does this in
+  one float argsort; when the segments are of similar length a row-wise argsort of the uniforms
+  in ``[segments, longest]`` (padded with 2.0, which sorts last) gives the same order faster:
+  rows sort independently.
+  """
+  total = int(seg_len.sum())
+  u = rng.random(total)
+  longest = int(seg_len.max())
+  if int(seg_len.min()) == longest:  # equal segments: the rows are the segments
+    return np.argsort(u.reshape(len(seg_len), longest), axis=1).reshape(-1)
+  seg_id = np.repeat(np.arange(len(seg_len)), seg_len)
+  if len(seg_len) * longest > 2 * total:
+    return np.argsort(seg_id + u) - seg_start[seg_id]
+  padded = np.full((len(seg_len), longest), 2.0)
+  column = np.arange(total) - seg_start[seg_id]
+  padded[seg_id, column] = u
+  order = np.argsort(padded, axis=1)
+  return order[seg_id, column]
 
 
 def padding_report(cohort: Cohort, lane_multiple: int = 1) -> dict[str, float]:
