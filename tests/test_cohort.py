@@ -45,6 +45,21 @@ def test_local_epochs_masks_only_the_last_partial_batch():
   np.testing.assert_array_equal(cohort.parts[0].mask[0].sum(axis=1), [4, 4, 2])
 
 
+@pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [5, 7, 6, 7], [1, 40, 2, 3]])
+def test_segment_permutations_are_the_flat_argsort_by_every_path(lengths):
+  """The row-wise sorts (equal or padded segments) give the one-argsort order exactly."""
+  from fedjaxscale.data.cohort import _segment_permutations
+
+  seg_len = np.asarray(lengths)
+  seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
+  got = _segment_permutations(seg_len, seg_start, np.random.default_rng(3))
+  u = np.random.default_rng(3).random(int(seg_len.sum()))
+  seg_id = np.repeat(np.arange(len(seg_len)), seg_len)
+  np.testing.assert_array_equal(got, np.argsort(seg_id + u) - seg_start[seg_id])
+  for start, n in zip(seg_start, seg_len):
+    np.testing.assert_array_equal(np.sort(got[start : start + n]), np.arange(n))
+
+
 def test_shuffle_is_a_fresh_permutation_every_epoch_and_seeded():
   data = numbered([7, 12])
   a = make_cohort(data, batch_size=5, local_epochs=3, seed=1)
