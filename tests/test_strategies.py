@@ -112,8 +112,11 @@ def test_every_strategy_equals_the_loop_backend(name, mode):
   cohort = cohort_for(data, mode)
   rng = jax.random.key(3)
   want = Engine("loop").run(program, shared, cohort, rng)
+  # The heavy models' local steps as one rolled scan body: unrolled (the CPU default for short
+  # scans) their compile takes up to 1.6x as long; the small models check the unrolled scans.
+  unroll = 1 if name in HEAVY else None
   for strategy in strategies_for(name, mode):
-    engine = Engine(mesh=one_device_mesh(), strategy=strategy)
+    engine = Engine(mesh=one_device_mesh(), strategy=strategy, scan_unroll=unroll)
     got = engine.run(program, shared, cohort, rng)
     assert engine.strategy_choices[0]["chosen"] == str(parse_strategy(strategy))
     try:
