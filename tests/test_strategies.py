@@ -263,6 +263,38 @@ def test_autotune_leaves_quick_chunks_at_vmap(monkeypatch):
   assert engine.stats.compiles == 1
 
 
+def test_autotune_judges_a_quick_candidate_by_its_warm_run(monkeypatch):
+  """A first run pays one-off costs: a candidate whose first run is quick runs again, and counts
+  its best. vmap cold above the tuning floor but warm below it is not tuned; map's cold run, over
+  twice vmap's, still gets its second run, and wins with it."""
+  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.05)
+  program, shared, data = setup("logistic_regression")
+  runs = {}
+
+  def scripted(times):
+    def fake(c, *a):
+      name = str(c.strategy)
+      runs[name] = runs.get(name, 0) + 1
+      return times[name][runs[name] - 1]
+
+    return fake
+
+  monkeypatch.setattr(compiled, "_time", scripted({"vmap": [0.07, 0.02]}))
+  engine = Engine()
+  engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
+  (choice,) = engine.strategy_choices
+  assert choice["chosen"] == "vmap" and choice["candidates"] == {"vmap": 0.02} and runs == {"vmap": 2}
+  assert engine.stats.compiles == 1
+
+  runs.clear()
+  monkeypatch.setattr(compiled, "_time", scripted({"vmap": [0.1, 0.09], "map": [0.21, 0.05]}))
+  engine = Engine()
+  engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
+  (choice,) = engine.strategy_choices
+  assert choice["candidates"] == {"vmap": 0.09, "map": 0.05} and choice["chosen"] == "map"
+  assert runs == {"vmap": 2, "map": 2}
+
+
 def test_explicit_strategy_wins_and_is_recorded():
   program, shared, data = setup("logistic_regression")
   engine = Engine(strategy="map:2")
