@@ -79,12 +79,18 @@ class CohortPart:
     changes = (o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)
     return bool(np.any(changes))
 
+  def run_starts(self) -> np.ndarray:
+    """bool ``[lanes, steps]``: a lane's first step, or a step whose owner differs from the last."""
+    o = self.owner
+    start = np.ones_like(o, dtype=bool)
+    start[:, 1:] = o[:, 1:] != o[:, :-1]
+    return start
+
   def boundaries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-step ``(start, end, local_step)``: a client's first step, its last, and the step's index
     within the client's own local work."""
     o = self.owner
-    start = np.ones_like(o, dtype=bool)
-    start[:, 1:] = o[:, 1:] != o[:, :-1]
+    start = self.run_starts()
     end = np.ones_like(o, dtype=bool)
     end[:, :-1] = o[:, 1:] != o[:, :-1]
     steps = np.arange(o.shape[1], dtype=np.int32)[None, :]
@@ -139,9 +145,7 @@ class Cohort:
       owners = o[real]
       if len(owners) and (owners.min() < 0 or owners.max() >= n):
         raise ValueError(f"cohort part names client positions outside 0..{n - 1}")
-      start = real.copy()  # a run's first step: real, and the lane's first or a change of owner
-      start[:, 1:] &= o[:, 1:] != o[:, :-1]
-      seen += np.bincount(o[start], minlength=n)
+      seen += np.bincount(o[p.run_starts() & real], minlength=n)
     if not np.all(seen == 1):
       bad = np.flatnonzero(seen != 1)[:5].tolist()
       raise ValueError(f"every client must own exactly one run of steps in one lane; positions {bad} do not")

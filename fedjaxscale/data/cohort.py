@@ -420,7 +420,7 @@ def _part(
   """
   n_clients = len(sizes)
   slots = np.maximum(steps, 1)
-  own_lanes = n_clients <= num_lanes and not offset.any() and np.array_equal(lane, np.arange(n_clients))
+  own_lanes = not offset.any() and np.array_equal(lane, np.arange(n_clients))
   j = np.arange(batch_size, dtype=np.int64)
   if own_lanes:  # [clients, lane_steps, batch]
     client = np.arange(n_clients)
@@ -447,22 +447,19 @@ def _part(
     seg = client_seg0[client][per] + np.minimum(epoch, epochs[client][per] - 1)
     within = local_perm[seg_start[seg] + within]
   # Idle slots (masked) read the cohort's first example, the same row whichever source it came from.
-  if own_lanes:
-    used = local < slots[:, None, None]  # a client's slots; the rest of its lane is idle
-    rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
-    rows[:n_clients] = np.where(used, starts[:, None, None] + within, starts[0])
-    mask = np.zeros((num_lanes, lane_steps, batch_size), bool)
-    mask[:n_clients] = real
-    owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
-    owner[:n_clients] = np.where(used[:, :, 0], client[:, None], IDLE)
-    return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
-  owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
-  where = (lane[client], offset[client] + local[:, 0])
-  owner[where] = client
   rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
   mask = np.zeros((num_lanes, lane_steps, batch_size), bool)
-  rows[where] = starts[client][:, None] + within
-  mask[where] = real
+  owner = np.full((num_lanes, lane_steps), IDLE, np.int32)
+  if own_lanes:
+    used = local < slots[:, None, None]  # a client's slots; the rest of its lane is idle
+    rows[:n_clients] = np.where(used, starts[:, None, None] + within, starts[0])
+    mask[:n_clients] = real
+    owner[:n_clients] = np.where(used[:, :, 0], client[:, None], IDLE)
+  else:
+    where = (lane[client], offset[client] + local[:, 0])
+    rows[where] = starts[client][:, None] + within
+    mask[where] = real
+    owner[where] = client
   return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
 
 
