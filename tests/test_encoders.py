@@ -137,15 +137,18 @@ def test_top_k_mask_matches_a_stable_sort(d, k):
   x[1] = np.round(x[1])  # many ties, at the threshold too
   x[2, : d // 2] = 0.0
   x[3] = -np.abs(x[3])
-  mask_of = jax.jit(lambda v: encoders._top_k_mask(v, k))
+
+  def mask_of(v):
+    return encoders._top_k_mask(v, k)
+
   # Under vmap the rows' searches stop at different passes (the normal rows early, the tied ones
   # never); one row at a time each search runs alone.
-  got = np.asarray(jax.jit(jax.vmap(lambda v: encoders._top_k_mask(v, k)))(jnp.asarray(x)))
+  got = np.asarray(jax.jit(jax.vmap(mask_of))(jnp.asarray(x)))
   for row, mask in zip(x, got):
     want = np.zeros(d, bool)
     want[np.argsort(-np.abs(row), kind="stable")[:k]] = True
     np.testing.assert_array_equal(mask, want)
-    np.testing.assert_array_equal(np.asarray(mask_of(jnp.asarray(row))), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(mask_of)(jnp.asarray(row))), want)
 
 
 def test_block_rotation_pads_to_blocks_and_stays_unbiased():

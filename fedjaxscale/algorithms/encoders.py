@@ -296,8 +296,8 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
   which is the k-th largest magnitude exactly. The search stops as soon as exactly k entries are
   at or above ``lo``: ``lo`` then separates the k largest from the rest, and the remaining bits
   would not change which entries those are. With a tie at the k-th magnitude it runs all 31
-  passes; entries above the threshold are kept and, of those equal to it, the first
-  ``k - count(|x| > t)`` by index, found by a second search over ``ceil(log2 d)`` index bits
+  passes; entries above ``lo`` are kept and, of those equal to it, the first
+  ``k - count(|x| > lo)`` by index, found by a second search over ``ceil(log2 d)`` index bits
   (which stops the same way, once exactly that many ties are at or below the index bound).
   Each pass is one compare-and-count over the vector. Under ``vmap`` a pass runs until every
   client's search has stopped. XLA:CPU runs this 2.5-3.5x faster than its ``lax.top_k`` at every
@@ -316,7 +316,7 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
     n = jnp.sum(bits >= candidate, dtype=jnp.int32)
     return i + 1, jnp.where(n >= k, candidate, lo), jnp.where(n >= k, n, count)
 
-  _, lo, count = jax.lax.while_loop(searching, raise_bit, (jnp.int32(0), jnp.int32(0), jnp.int32(d)))
+  _, lo, _ = jax.lax.while_loop(searching, raise_bit, (jnp.int32(0), jnp.int32(0), jnp.int32(d)))
   above, tie = bits > lo, bits == lo
   need = k - jnp.sum(above, dtype=jnp.int32)
   index = jnp.arange(d, dtype=jnp.int32)
@@ -332,12 +332,10 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
     n = jnp.sum(tie & (index <= candidate), dtype=jnp.int32)
     return i + 1, jnp.where(n >= need, candidate, last), jnp.where(n >= need, n, kept)
 
-  # When the first search stopped early, ``lo`` is below every kept entry and above the rest:
-  # ``tie`` is then at most one kept entry, ``need`` is 0 or 1 and the tie search is not needed.
-  ties = jnp.where(count == k, need, jnp.sum(tie, dtype=jnp.int32))
-  last0 = jnp.int32((1 << index_bits) - 1)
-  _, last, _ = jax.lax.while_loop(tie_searching, lower_bit, (jnp.int32(0), last0, ties))
-  return jnp.where(count == k, bits >= lo, above | (tie & (index <= last)))
+  # When the first search stopped early, every tie is kept (``need == count(tie)``): no pass runs.
+  start = (jnp.int32(0), jnp.int32((1 << index_bits) - 1), jnp.sum(tie, dtype=jnp.int32))
+  _, last, _ = jax.lax.while_loop(tie_searching, lower_bit, start)
+  return above | (tie & (index <= last))
 
 
 def top_k(k: int) -> UpdateEncoder:
