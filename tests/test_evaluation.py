@@ -27,7 +27,7 @@ def reference(model, params, dataset, clients):
   return loss[rows].mean(), correct[rows].mean(), per_loss, per_acc
 
 
-@pytest.mark.parametrize("batch_size", [64, 4096])
+@pytest.mark.parametrize("batch_size", [8, 64, 4096])  # many batches (several scanned calls), a few, one
 def test_matches_numpy(test_split, batch_size):
   model = models.logistic_regression(60, 10)
   params = model.init(jax.random.key(3))
@@ -53,3 +53,14 @@ def test_one_device_equals_four(test_split):
   assert jax.device_count() == 4
   np.testing.assert_allclose(a.per_client["loss"], b.per_client["loss"], rtol=1e-6)
   assert a.metrics["accuracy"] == b.metrics["accuracy"]
+
+
+def test_batches_split_into_few_calls():
+  from fedjaxscale.engine.evaluation import _groups
+
+  assert _groups(46) == [48] and _groups(17) == [18]
+  assert _groups(1) == [1] and _groups(0) == []
+  assert _groups(200, largest=64) == [64, 64, 64, 8]
+  for n in range(1, 300):
+    g = _groups(n)
+    assert n <= sum(g) <= n + max(1, (n % 64) // 8) and max(g) <= 64

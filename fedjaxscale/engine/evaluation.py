@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.buckets import bucket_size
+from fedjaxscale.core.tree import tree_zeros_like
 from fedjaxscale.engine.executor import Engine
 from fedjaxscale.engine.placement import CLIENTS, place_replicated, put_host, put_rows
 from fedjaxscale.models.model import Model
@@ -80,18 +81,21 @@ class Evaluator:
     sums = None
     params = place_replicated(params, self.mesh)
     sharded = NamedSharding(self.mesh, P(CLIENTS))
-    for first in range(0, len(rows), self.batch_size):
-      chunk = rows[first : first + self.batch_size]
-      n = len(chunk)
-      size = self.batch_size if len(rows) > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
-      pad = size - n
-      # Each process reads only the examples of its own devices' share of the batch.
+    n = len(rows)
+    size = self.batch_size if n > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
+    first = 0
+    for batches in _groups(-(-n // size)):
+      # One call scans `batches` batches (the last ones may be all padding): a call or two an
+      # evaluation, not one per batch.
+      chunk = rows[first : first + batches * size]
+      k = len(chunk)
+      pad = batches * size - k
+      # Each process reads only the examples of its own devices' share of the rows.
       batch = put_rows(dataset.features, np.pad(chunk, (0, pad), mode="edge"), sharded)
-      mask = put_host(np.arange(size) < n, sharded)
-      seg = put_host(np.pad(owner[first : first + n], (0, pad)), sharded)
-      program = self._program(params, batch, num_segments)
-      out = program(params, (batch, mask, seg))
+      mask, seg = put_host((np.arange(batches * size) < k, np.pad(owner[first : first + k], (0, pad))), sharded)
+      out = self._program(params, batch, num_segments, batches)(params, (batch, mask, seg))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+      first += k
     names = ["count", "loss"] + list(self.model.metrics)
     if sums is None:
       host = {k: np.zeros(num_segments) for k in names}
@@ -107,21 +111,40 @@ class Evaluator:
     metrics["num_examples"] = float(count.sum())
     return EvalResult(metrics, per_client, np.asarray(dataset.client_ids)[index])
 
-  def _program(self, params, batch, num_segments):
+  def _program(self, params, batch, num_segments, batches):
     key = (
       jax.tree.structure(params),
       tuple((k, v.shape, str(v.dtype)) for k, v in sorted(batch.items())),
       num_segments,
+      batches,
     )  # (shapes only: the batch values change every call)
     if key not in self._programs:
       model = self.model
 
-      def per_shard(params, data):
+      def batch_sums(params, data):
         batch, mask, seg = data
         sums = model.evaluate_per_example(params, batch, mask)
-        local = {k: jax.ops.segment_sum(v, seg, num_segments=num_segments) for k, v in sums.items()}
+        return {k: jax.ops.segment_sum(v, seg, num_segments=num_segments) for k, v in sums.items()}
+
+      def per_shard(params, data):
+        # This device's rows of the call, in `batches` batches of the configured size.
+        data = jax.tree.map(lambda x: x.reshape((batches, -1) + x.shape[1:]), data)
+        if batches == 1:
+          local = batch_sums(params, jax.tree.map(lambda x: x[0], data))
+        else:
+          zeros = tree_zeros_like(jax.eval_shape(batch_sums, params, jax.tree.map(lambda x: x[0], data)))
+          local, _ = jax.lax.scan(lambda acc, d: (jax.tree.map(jnp.add, acc, batch_sums(params, d)), None), zeros, data)
         return jax.lax.psum(local, CLIENTS)
 
       fn = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(CLIENTS)), out_specs=P(), check_vma=False)
       self._programs[key] = jax.jit(fn)
     return self._programs[key]
+
+
+def _groups(batches: int, largest: int = 64) -> list[int]:
+  """``batches`` split into calls of at most ``largest`` batches, the last call's count rounded up
+  to the shape grid (``bucket_size``: at most an eighth of it padding), so a test set compiles one
+  or two programs and a call's memory stays bounded."""
+  out = [largest] * (batches // largest)
+  rest = batches % largest
+  return out + ([min(bucket_size(rest), largest)] if rest else [])
