@@ -70,6 +70,26 @@ def test_is_online_matches_reference(clients, times):
 
 
 @settings(max_examples=60, deadline=None)
+@given(interval_lists(), st.lists(st.floats(0, 5 * P), min_size=1, max_size=6), st.data())
+def test_online_counts_are_the_sums_of_online_masks(clients, times, data):
+  periods = np.array(
+    data.draw(st.lists(st.sampled_from([P, 1.5 * P, 3 * P]), min_size=len(clients), max_size=len(clients)))
+  )
+  times = times + [float(a) for c in clients for a, _ in c]
+  members = np.array(data.draw(st.lists(st.integers(0, len(clients) - 1), max_size=12)), np.int64)
+  av, per_row = build(clients), build(clients, periods)  # one period; each row its own
+  for view in (
+    av,
+    av.take(members),
+    per_row,
+    per_row.take(members),
+  ):  # a population view may hold a row several times, or none
+    want = [int(view.online_mask(t).sum()) for t in times]
+    assert view.online_counts(times).tolist() == want
+    assert view.online_counts(np.array(times).reshape(-1, 1)).tolist() == want
+
+
+@settings(max_examples=60, deadline=None)
 @given(interval_lists(), st.floats(0, 5 * P))
 def test_online_until_is_the_end_of_the_on_run(clients, t):
   av = build(clients)

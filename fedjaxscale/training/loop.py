@@ -37,7 +37,15 @@ from fedjaxscale.training import workdir as run_dir
 from fedjaxscale.training.checkpoint import Checkpointer, CheckpointError
 from fedjaxscale.training.distributed import barrier, is_lead
 from fedjaxscale.training.progress import Progress
-from fedjaxscale.training.setup import ConfigError, RunParts, build, check_config, model_bytes, reopen_data
+from fedjaxscale.training.setup import (
+  ConfigError,
+  RunParts,
+  build,
+  check_config,
+  model_bytes,
+  online_counts,
+  reopen_data,
+)
 
 RUN_FILES = (
   "config.json",
@@ -108,9 +116,12 @@ def train_and_evaluate(
         shutil.rmtree(workdir, ignore_errors=True)  # (the lock file with it, while still held)
       lock.release()
     raise
+  drawer = run.drawer = plots.Drawer() if config.plots and is_lead() else None
   try:
     return run.run()
   finally:
+    if drawer is not None:
+      drawer.close()
     if lock is not None:
       lock.release()
 
@@ -219,14 +230,6 @@ def round_cohort(run, members, *, max_steps=None, weights=None, seed_offset=0):
     lane_multiple=run.engine.client_multiple,
     shapes=run.shapes,
   )
-
-
-def online_by_hour(availability) -> tuple[np.ndarray, np.ndarray]:
-  """Online clients at each simulated hour of the trace period (for the online-clients plot)."""
-  period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
-  hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
-  counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
-  return hours, counts
 
 
 def _loss_or_none(loss, none_finite: bool):
@@ -362,6 +365,7 @@ class _Run:
     self.up_bytes = math.ceil(parts.upload_bits / 8) if parts.upload_bits else model_bytes(parts.num_params)
     self.resume, self.show_progress = resume, show_progress
     self.lead = is_lead()  # in multi-process runs only process 0 writes files
+    self.drawer = None  # a plots.Drawer, set by train_and_evaluate
     self.writer = self.progress = None
     self.timings = {"plan": 0.0, "gather": 0.0, "engine": 0.0, "eval": 0.0}
     self._warned_nonfinite = self._warned_diverged = False
@@ -378,7 +382,7 @@ class _Run:
     self.writer = outputs.RunWriter(self.workdir, enabled=lead, resume_round=self.round if self.resume else None)
     if not self.resume:
       self.writer.write_config(json.loads(config.to_json_best_effort()))
-      hours, counts = online_by_hour(self.p.traces.availability)
+      hours, counts = online_counts(self.p.traces.availability)
       self.writer.write_availability(hours, counts)
     self.progress = Progress(config.rounds, start_round=self.round, enabled=lead) if self.show_progress else None
 
@@ -442,7 +446,10 @@ class _Run:
       if self.lead:
         (self.workdir / "engine.json").write_text(json.dumps(summary["engine"], indent=2) + "\n")
         if config.plots:
-          plots.make_plots(self.workdir)
+          if self.drawer is not None:  # train_and_evaluate's child process, matplotlib imported
+            self.drawer.draw(self.workdir)
+          else:
+            plots.make_plots(self.workdir)
       return summary
     finally:
       if self.progress is not None:

@@ -399,8 +399,7 @@ def online_counts(availability) -> tuple[np.ndarray, np.ndarray]:
   """Clients online at each simulated hour of the trace period: ``(hours, counts)``."""
   period = float(np.max(availability.period)) if np.ndim(availability.period) else float(availability.period)
   hours = np.arange(0, int(period // 3600) + 1, dtype=np.float64)
-  counts = np.array([int(availability.online_mask(h * 3600.0).sum()) for h in hours], np.int64)
-  return hours, counts
+  return hours, availability.online_counts(hours * 3600.0)
 
 
 def _warn_if_sparse(config, traces) -> None:

@@ -29,7 +29,7 @@ from fedjaxscale.scheduler import Status
 from fedjaxscale.training import loop, outputs, plots, stacked
 from fedjaxscale.training.checkpoint import Checkpointer
 from fedjaxscale.training.progress import Progress
-from fedjaxscale.training.setup import ConfigError, build, build_algorithm, check_config, model_bytes
+from fedjaxscale.training.setup import ConfigError, build, build_algorithm, check_config, model_bytes, online_counts
 
 
 def run_group(
@@ -80,7 +80,7 @@ class _Group:
       self._restore()
     self.writers = [outputs.RunWriter(w, resume_round=self.round if resume else None) for w in workdirs]
     if not resume:
-      hours, counts = loop.online_by_hour(self.p.traces.availability)
+      hours, counts = online_counts(self.p.traces.availability)
       for c, writer in zip(configs, self.writers):
         writer.write_config(json.loads(c.to_json_best_effort()))
         writer.write_availability(hours, counts)
