@@ -78,3 +78,31 @@ def test_main_prints_the_written_paths(tmp_path, capsys):
   out, err = capsys.readouterr()
   assert {line.rsplit("/", 1)[-1] for line in out.split()} == ALL - {"online_clients.png"}
   assert "skipped online_clients.png" in err
+
+
+def test_drawer_child_draws_what_make_plots_draws(tmp_path):
+  write_fake_run(tmp_path / "a")
+  write_fake_run(tmp_path / "b")
+  drawer = plots.Drawer()  # the child imports matplotlib, then waits for a workdir
+  paths = drawer.draw(tmp_path / "a")
+  drawer.close()  # nothing left to stop
+  assert sorted(p.name for p in paths) == sorted(p.name for p in plots.make_plots(tmp_path / "b"))
+  assert all(p.parent == (tmp_path / "a" / "plots").resolve() for p in paths)
+  for p in paths:
+    assert_png(p)
+
+
+def test_drawer_draws_here_when_its_child_fails(tmp_path, monkeypatch, caplog):
+  write_fake_run(tmp_path)
+  monkeypatch.setattr(plots.sys, "executable", "false")  # a child that exits 1 at once
+  with caplog.at_level("WARNING", logger=plots.__name__):
+    paths = plots.Drawer().draw(tmp_path)
+  assert {p.name for p in paths} == ALL
+  assert "the plot process failed (exit 1)" in caplog.text
+
+
+def test_drawer_close_stops_a_waiting_child():
+  drawer = plots.Drawer()
+  child = drawer._child
+  drawer.close()
+  assert child.poll() is not None and drawer._child is None
