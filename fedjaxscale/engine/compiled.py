@@ -250,6 +250,41 @@ class CompiledRounds:
         self.adopted[shape_key(record["shape"])] = strategies.parse_strategy(record["chosen"])
 
   def _compile(self, strategy: Strategy, program, shared, lanes: HostLanes, features, rng) -> Compiled:
+    step = self.step_function(strategy, program, lanes, features)
+    data = self._put_sharded(lanes, features, abstract=True)
+    shared, rng, device_features, acc = self.abstract_inputs(program, shared, features, rng)
+    # A fresh callable per strategy: the convolution implementation is read at trace time.
+    with strategy.trace_context():
+      traced = jax.jit(lambda *a: step(*a), donate_argnums=(0,)).trace(acc, shared, device_features, data, rng)
+    has_conv = strategies.has_primitive(traced.jaxpr, "conv_general_dilated") or strategy.conv == "patches"
+    compiled = traced.lower().compile()
+    # The accumulator's zeros are made on the devices by a program of their own: no per-round
+    # tracing, no host-to-device transfer.
+    replicated = NamedSharding(self.mesh, P())
+    zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
+    self.stats.compiles += 1
+    self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
+    return Compiled(compiled, zeros, strategy, has_conv)
+
+  def abstract_inputs(self, program, shared, features, rng):
+    """``(shared, rng, device_features, accumulator)`` as replicated ``ShapeDtypeStruct``s: a
+    round's program is compiled for replicated inputs whether or not they are placed yet
+    (``replicated_arguments``)."""
+    replicated = NamedSharding(self.mesh, P())
+    shared, rng = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
+      (shared, rng),
+    )
+    device_features = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), self._device_features(features)
+    )
+    acc = jax.eval_shape(lambda s, r: zero_aggregate(program, s, r), shared, rng)
+    acc = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), acc)
+    return shared, rng, device_features, acc
+
+  def step_function(self, strategy: Strategy, program, lanes: HostLanes, features):
+    """The chunk's round as a traceable function ``(acc, shared, device_features, data, rng) ->
+    (acc, metrics, nonfinite)`` (trace it under ``strategy.trace_context()``)."""
     mesh = self.mesh
     packed = lanes.packed
     resident = isinstance(features, Resident)
@@ -316,29 +351,7 @@ class CompiledRounds:
       total, metrics, nonfinite = sharded(shared, device_features, data, rng)
       return accumulate(acc, total), metrics, nonfinite
 
-    data = self._put_sharded(lanes, features, abstract=True)
-    replicated = NamedSharding(mesh, P())
-    # Compiled for replicated inputs whether or not these are placed yet (``replicated_arguments``).
-    shared, rng = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
-      (shared, rng),
-    )
-    device_features = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), self._device_features(features)
-    )
-    acc = jax.eval_shape(lambda s, r: zero_aggregate(program, s, r), shared, rng)
-    acc = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), acc)
-    # A fresh callable per strategy: the convolution implementation is read at trace time.
-    with strategy.trace_context():
-      traced = jax.jit(lambda *a: step(*a), donate_argnums=(0,)).trace(acc, shared, device_features, data, rng)
-    has_conv = strategies.has_primitive(traced.jaxpr, "conv_general_dilated") or strategy.conv == "patches"
-    compiled = traced.lower().compile()
-    # The accumulator's zeros are made on the devices by a program of their own: no per-round
-    # tracing, no host-to-device transfer.
-    zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
-    self.stats.compiles += 1
-    self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
-    return Compiled(compiled, zeros, strategy, has_conv)
+    return step
 
   def _unroll(self, steps: int) -> int | bool:
     if self.scan_unroll is not None:
