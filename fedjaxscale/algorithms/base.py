@@ -5,7 +5,7 @@ An algorithm is a factory that closes over its hyperparameters and returns
 the engine, then runs its server update once on the weighted mean of the client updates.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +47,9 @@ class Algorithm(NamedTuple):
   Attributes:
     init: ``params -> ServerState``.
     apply: ``(server_state, cohort, rng) -> (server_state, diagnostics)``.
+    apply_rounds: ``(server_state, cohorts, rngs) -> (server_state, [diagnostics])``: a round per
+      cohort, as that many ``apply`` calls, compiled into one program where the cohorts share a
+      shape (``engine/rounds.py``); None where an algorithm does not offer it.
     client_program: the clients' local work, which the engine maps over a cohort.
     server_update: ``(server_state, Aggregate) -> server_state`` (jitted).
     engine: the engine ``apply`` runs the cohort on.
@@ -57,19 +60,30 @@ class Algorithm(NamedTuple):
   client_program: ClientProgram
   server_update: Callable[[ServerState, Aggregate], ServerState]
   engine: Engine
+  apply_rounds: Callable[..., tuple[ServerState, list[Mapping[str, Any]]]] | None = None
 
 
-def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: Mapping) -> Deferred:
+def diagnostics_of(
+  engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: Mapping, totals=None
+) -> Deferred:
   """The round's diagnostics as every algorithm's ``apply`` reports them (stateful ones too).
 
   A ``Deferred`` mapping: nothing is fetched from the devices until it is read, so ``apply``
-  returns while the round still runs.
+  returns while the round still runs. ``totals`` (``apply_rounds``) fetches the round's weight sum
+  and non-finite count instead of ``aggregate``; ``before`` then holds the round's own computed
+  and real example steps.
   """
-  computed = engine.stats.computed_example_steps - before["computed"]
-  real = engine.stats.real_example_steps - before["real"]
+  if totals is None:
+    computed = engine.stats.computed_example_steps - before["computed"]
+    real = engine.stats.real_example_steps - before["real"]
+  else:
+    computed, real = before["computed"], before["real"]
 
   def compute():
-    weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+    if totals is None:
+      weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
+    else:
+      weight_sum, num_nonfinite = totals()
     diagnostics = {
       "num_clients": cohort.num_clients,
       "num_nonfinite": int(num_nonfinite),
@@ -122,4 +136,31 @@ def build_algorithm(
     diagnostics = diagnostics_of(engine, before, cohort, aggregate, per_client)
     return new_state, diagnostics
 
-  return Algorithm(init, apply, client_program, server_update, engine)
+  def shared_of(state: ServerState) -> Shared:
+    return Shared(state.params, state.round)
+
+  def apply_rounds(state: ServerState, cohorts: Sequence[Cohort], rngs) -> tuple[ServerState, list[Mapping[str, Any]]]:
+    """``len(cohorts)`` rounds, the r-th training ``cohorts[r]`` with key ``rngs[r]``: the same as
+    calling ``apply`` on each in turn (to float rounding), as one compiled ``lax.scan`` over the
+    rounds when the cohorts share one shape and fit one chunk (else one ``apply`` a round)."""
+    cohorts = list(cohorts)
+    run = engine.run_rounds(client_program, shared_of, server_update, state, cohorts, rngs)
+    if run is None:
+      diagnostics = []
+      for cohort, rng in zip(cohorts, rngs, strict=True):
+        state, d = apply(state, cohort, rng)
+        diagnostics.append(d)
+      return state, diagnostics
+    state, aggregates, per_clients, computed = run
+    fetched = Deferred(lambda: {"all": jax.device_get((aggregates.weight_sum, aggregates.num_nonfinite))})
+
+    def totals(r):  # one fetch for every round's weight sum and non-finite count
+      return lambda: tuple(x[r] for x in fetched["all"])
+
+    diagnostics = []
+    for r, (cohort, per_client) in enumerate(zip(cohorts, per_clients)):
+      steps = {"computed": computed[r], "real": cohort.real_example_steps}
+      diagnostics.append(diagnostics_of(engine, steps, cohort, None, per_client, totals=totals(r)))
+    return state, diagnostics
+
+  return Algorithm(init, apply, client_program, server_update, engine, apply_rounds)

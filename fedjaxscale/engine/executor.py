@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.deferred import Deferred
 from fedjaxscale.core.types import PRNGKey, PyTree
+from fedjaxscale.engine import rounds
 from fedjaxscale.engine.compiled import (
   CPU_LANES_PER_DEVICE,
   CPU_UNROLL_STEPS,
@@ -271,3 +272,35 @@ class Engine:
     self.stats.real_example_steps += cohort.real_example_steps
     # Fetched when first read: the round may still be running when this returns.
     return aggregate, Deferred(lambda: per_client(cohort, jax.device_get(results)))
+
+  def run_rounds(self, program: ClientProgram, shared_of, server_update, state, cohorts, rngs):
+    """Runs ``len(cohorts)`` rounds, each followed by ``server_update``, as one compiled program
+    (``engine/rounds.py``); None where that does not apply (the per-client backends, cohorts of
+    different shapes or of several chunks, multi-process runs): run them one at a time then.
+
+    Returns:
+      ``(state, aggregates, per_clients, computed)``: the state after the last round, every
+      round's ``Aggregate`` stacked on a leading round axis (on device), per round a ``Deferred``
+      per-client mapping as ``run``'s (all rounds fetched together when one is first read) and
+      the example slots computed (padding included); or None.
+    """
+    if self.backend != "vmap" or not cohorts:
+      return None
+    for cohort in cohorts:
+      for part in cohort.parts:
+        self._auto_resident(part.features)
+    result = rounds.run_rounds(self._runner, program, shared_of, server_update, state, cohorts, rngs)
+    if result is None:
+      return None
+    self.stats.real_example_steps += sum(c.real_example_steps for c in cohorts)
+    fetched = Deferred(lambda: {"all": jax.device_get((result.metrics, result.nonfinite))})
+
+    def per_round(r, cohort, lanes):
+      def compute():
+        metrics, nonfinite = fetched["all"]
+        return per_client(cohort, [(lanes, {k: v[r] for k, v in metrics.items()}, nonfinite[r])])
+
+      return Deferred(compute)
+
+    per_clients = [per_round(r, c, x) for r, (c, x) in enumerate(zip(cohorts, result.lanes))]
+    return result.state, result.aggregates, per_clients, [x.mask.size for x in result.lanes]
