@@ -235,9 +235,9 @@ def main():
   if args.tiny:
     args.repeats, args.min_time = 2, 0.0
     # A smoke run: every strategy candidate would be a compile of its own (most of the tiny run).
-    from fedjaxscale.engine import compiled  # pylint: disable=g-import-not-at-top
+    from fedjaxscale.engine import autotune  # pylint: disable=g-import-not-at-top
 
-    compiled.AUTOTUNE_MIN_SECONDS = float("inf")
+    autotune.AUTOTUNE_MIN_SECONDS = float("inf")
   sizes = dict(TINY if args.tiny else SIZES)
   if args.fedscale_k:
     sizes["fedscale_k"] = [int(k) for k in args.fedscale_k.split(",")]

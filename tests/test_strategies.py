@@ -15,7 +15,7 @@ from fedjaxscale import algorithms, models
 from fedjaxscale.algorithms import Shared
 from fedjaxscale.data import gather_cohort, make_cohort
 from fedjaxscale.data.dataset import write_dataset_from_clients
-from fedjaxscale.engine import Engine, compiled
+from fedjaxscale.engine import Engine, autotune
 from fedjaxscale.engine.strategies import Strategy, candidates, conv_module, map_lanes, parse_strategy
 from tests.test_models_zoo import TINY, image_examples
 
@@ -192,7 +192,7 @@ class _CompileLog(logging.Handler):
 
 
 def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later_rounds(monkeypatch):
-  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.0)  # tune even this tiny chunk
+  monkeypatch.setattr(autotune, "AUTOTUNE_MIN_SECONDS", 0.0)  # tune even this tiny chunk
   program, shared, data = setup("logistic_regression")
   engine = Engine()  # strategy="auto"; 5 clients -> 8 lanes, 2 a device: candidates vmap and map
   assert engine.strategy == "auto"
@@ -231,9 +231,9 @@ def test_autotune_records_its_choice_keeps_results_and_compiles_nothing_in_later
 
 
 def test_another_lane_count_of_a_timed_program_reuses_its_choice(monkeypatch):
-  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.0)
+  monkeypatch.setattr(autotune, "AUTOTUNE_MIN_SECONDS", 0.0)
   # map wins the timing (not vmap, the memory probe's default): the winner alone compiles after.
-  monkeypatch.setattr(compiled, "_time", lambda c, *a: 1.0 if c.strategy.lanes == "map" else 2.0)
+  monkeypatch.setattr(autotune, "_time", lambda c, *a: 1.0 if c.strategy.lanes == "map" else 2.0)
   program, shared, data = setup("logistic_regression")
   engine = Engine()
   engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))  # 8 lanes: timed
@@ -254,7 +254,7 @@ def test_another_lane_count_of_a_timed_program_reuses_its_choice(monkeypatch):
 
 
 def test_autotune_leaves_quick_chunks_at_vmap(monkeypatch):
-  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 1e9)
+  monkeypatch.setattr(autotune, "AUTOTUNE_MIN_SECONDS", 1e9)
   program, shared, data = setup("logistic_regression")
   engine = Engine()
   engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
@@ -267,7 +267,7 @@ def test_autotune_judges_a_quick_candidate_by_its_warm_run(monkeypatch):
   """A first run pays one-off costs: a candidate whose first run is quick runs again, and counts
   its best. vmap cold above the tuning floor but warm below it is not tuned; map's cold run, over
   twice vmap's, still gets its second run, and wins with it."""
-  monkeypatch.setattr(compiled, "AUTOTUNE_MIN_SECONDS", 0.05)
+  monkeypatch.setattr(autotune, "AUTOTUNE_MIN_SECONDS", 0.05)
   program, shared, data = setup("logistic_regression")
   runs = {}
 
@@ -279,7 +279,7 @@ def test_autotune_judges_a_quick_candidate_by_its_warm_run(monkeypatch):
 
     return fake
 
-  monkeypatch.setattr(compiled, "_time", scripted({"vmap": [0.07, 0.02]}))
+  monkeypatch.setattr(autotune, "_time", scripted({"vmap": [0.07, 0.02]}))
   engine = Engine()
   engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
   (choice,) = engine.strategy_choices
@@ -287,7 +287,7 @@ def test_autotune_judges_a_quick_candidate_by_its_warm_run(monkeypatch):
   assert engine.stats.compiles == 1
 
   runs.clear()
-  monkeypatch.setattr(compiled, "_time", scripted({"vmap": [0.1, 0.09], "map": [0.21, 0.05]}))
+  monkeypatch.setattr(autotune, "_time", scripted({"vmap": [0.1, 0.09], "map": [0.21, 0.05]}))
   engine = Engine()
   engine.run(program, shared, cohort_for(data, "steps"), jax.random.key(0))
   (choice,) = engine.strategy_choices
