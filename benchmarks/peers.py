@@ -197,17 +197,17 @@ def fjs_femnist(repeats):
   return {"round_s": t, "runs": n}
 
 
-def fjs_logreg(cohorts, rounds, tmp, reps=5):
-  """Clients/s of the API and of the hand-written program, ``reps`` spells of ``rounds`` rounds
-  each, the two taking turns (a burst of load then hits both alike): the best spell and the
-  median of each."""
+def logreg_setup(tmp):
+  """The logistic-regression workload in fedjaxscale: the dataset on disk (opened), the model, and
+  the hand-written program (``hand(params, client_indices) -> params``: one round with the data on
+  the device, the cohort gathered by index inside one ``jit(vmap(scan))``)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
 
-  from fedjaxscale import algorithms, models
-  from fedjaxscale.data import FederatedDataset, gather_cohort, write_dataset
+  from fedjaxscale import models
+  from fedjaxscale.data import FederatedDataset, write_dataset
 
   x, y = logreg_data(np)
   write_dataset(tmp / "lr", [f"c{i}" for i in range(1000)], {"x": x.reshape(-1, 20), "y": y.reshape(-1)}, [50] * 1000)
@@ -215,7 +215,6 @@ def fjs_logreg(cohorts, rounds, tmp, reps=5):
   model = models.logistic_regression(20, 2)
   xd, yd = jnp.asarray(x.reshape(1000, 5, 10, 20)), jnp.asarray(y.reshape(1000, 5, 10))
 
-  # Hand-written: data on the device, the cohort gathered by index inside one jit(vmap(scan)).
   @jax.jit
   def hand(params, idx):
     def client(xs, ys):
@@ -232,6 +231,22 @@ def fjs_logreg(cohorts, rounds, tmp, reps=5):
 
     deltas = jax.vmap(client)(xd[idx], yd[idx])
     return jax.tree.map(lambda p, d: p - d.mean(0), params, deltas)
+
+  return train, model, hand
+
+
+def fjs_logreg(cohorts, rounds, tmp, reps=5):
+  """Clients/s of the API and of the hand-written program, ``reps`` spells of ``rounds`` rounds
+  each, the two taking turns (a burst of load then hits both alike): the best spell and the
+  median of each."""
+  import jax
+  import numpy as np
+  import optax
+
+  from fedjaxscale import algorithms
+  from fedjaxscale.data import gather_cohort
+
+  train, model, hand = logreg_setup(tmp)
 
   out = {}
   for cohort_size in cohorts:

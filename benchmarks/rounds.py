@@ -37,33 +37,12 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import peers
 
-from fedjaxscale import algorithms, models
-from fedjaxscale.data import FederatedDataset, gather_cohort, write_dataset
+from fedjaxscale import algorithms
+from fedjaxscale.data import gather_cohort
 
 
 def measure(cohorts, block, spells, rounds, tmp):
-  x, y = peers.logreg_data(np)
-  write_dataset(tmp / "lr", [f"c{i}" for i in range(1000)], {"x": x.reshape(-1, 20), "y": y.reshape(-1)}, [50] * 1000)
-  train = FederatedDataset.open(tmp / "lr")
-  model = models.logistic_regression(20, 2)
-  xd, yd = jnp.asarray(x.reshape(1000, 5, 10, 20)), jnp.asarray(y.reshape(1000, 5, 10))
-
-  @jax.jit
-  def hand(params, idx):
-    def client(xs, ys):
-      def step(p, b):
-        g = jax.grad(
-          lambda p: optax.softmax_cross_entropy_with_integer_labels(
-            model.apply(p, {"x": b[0]}, None, True), b[1]
-          ).mean()
-        )(p)
-        return jax.tree.map(lambda a, g: a - 0.1 * g, p, g), None
-
-      final, _ = jax.lax.scan(step, params, (xs, ys))
-      return jax.tree.map(jnp.subtract, params, final)
-
-    deltas = jax.vmap(client)(xd[idx], yd[idx])
-    return jax.tree.map(lambda p, d: p - d.mean(0), params, deltas)
+  train, model, hand = peers.logreg_setup(tmp)
 
   rows = []
   for k in cohorts:
