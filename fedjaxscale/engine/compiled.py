@@ -17,8 +17,16 @@ from fedjaxscale.core.tree import tree_where
 from fedjaxscale.engine import strategies
 from fedjaxscale.engine.autotune import StrategyChooser
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, slice_lanes
-from fedjaxscale.engine.placement import CLIENTS, default_memory_budget, put_host, put_rows
+from fedjaxscale.engine.placement import (
+  CLIENTS,
+  Resident,
+  default_memory_budget,
+  feature_identity,
+  put_host,
+  put_rows,
+)
 from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, when, zero_aggregate
+from fedjaxscale.engine.rounds import RoundsRunner
 from fedjaxscale.engine.strategies import Strategy
 
 CPU_LANES_PER_DEVICE = 1024  # default chunk cap on CPU (see Engine)
@@ -34,7 +42,7 @@ class Compiled(NamedTuple):
   has_conv: bool
 
 
-class CompiledRounds(StrategyChooser):
+class CompiledRounds(StrategyChooser, RoundsRunner):
   """The ``vmap`` backend: compiles, caches and runs the chunks of a cohort on ``mesh``.
 
   ``strategy`` is a ``Strategy``, or None to choose one per shape by timing (``"auto"``).
@@ -308,17 +316,3 @@ class CompiledRounds(StrategyChooser):
       with self._lock:
         self._candidates.pop((key, probe_strategy), None)
     return limit
-
-
-class Resident(NamedTuple):
-  """Feature arrays kept on the devices (replicated), and the host arrays they were made from."""
-
-  arrays: dict
-  host: dict
-
-  def items(self):
-    return self.host.items()
-
-
-def feature_identity(features) -> tuple:
-  return tuple(sorted((k, id(x)) for k, x in features.items()))

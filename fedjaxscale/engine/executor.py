@@ -40,20 +40,19 @@ from jax.sharding import PartitionSpec as P
 from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.core.deferred import Deferred
 from fedjaxscale.core.types import PRNGKey, PyTree
-from fedjaxscale.engine import rounds
 from fedjaxscale.engine.compiled import (
   CPU_LANES_PER_DEVICE,
   CPU_UNROLL_STEPS,
   CompiledRounds,
-  Resident,
-  feature_identity,
 )
 from fedjaxscale.engine.lanes import per_client
 from fedjaxscale.engine.per_client import PerClientRunner
 from fedjaxscale.engine.placement import (
   CLIENTS,
+  Resident,
   default_memory_budget,
   default_mesh,
+  feature_identity,
   place_replicated,
   put_host,
   put_rows,
@@ -289,7 +288,7 @@ class Engine:
     for cohort in cohorts:
       for part in cohort.parts:
         self._auto_resident(part.features)
-    result = rounds.run_rounds(self._runner, program, shared_of, server_update, state, cohorts, rngs)
+    result = self._runner.run_rounds(program, shared_of, server_update, state, cohorts, rngs)
     if result is None:
       return None
     self.stats.real_example_steps += sum(c.real_example_steps for c in cohorts)

@@ -3,6 +3,7 @@ the memory budget."""
 
 import os
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -102,3 +103,19 @@ def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax
     if jax.process_count() == 1:
       return jax.device_put(take_rows(features, rows), sharding)
     return {name: put(x) for name, x in features.items()}
+
+
+class Resident(NamedTuple):
+  """Feature arrays kept on the devices (replicated), and the host arrays they were made from
+  (``Engine.make_resident``)."""
+
+  arrays: dict
+  host: dict
+
+  def items(self):
+    return self.host.items()
+
+
+def feature_identity(features) -> tuple:
+  """Which arrays a feature mapping holds (by identity): the key of its resident copy."""
+  return tuple(sorted((k, id(x)) for k, x in features.items()))

@@ -24,15 +24,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.cohort import Cohort, chunk_sizes
-from fedjaxscale.engine.compiled import CompiledRounds, Resident, feature_identity
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes
-from fedjaxscale.engine.placement import CLIENTS, replicated_arguments
+from fedjaxscale.engine.placement import CLIENTS, Resident, feature_identity, replicated_arguments
 from fedjaxscale.engine.program import zero_aggregate
 
 
 class RoundsResult(NamedTuple):
-  """What `run_rounds` returns: the state after the last round, and per round (leading axis R)
-  the aggregate, the lanes' metrics and non-finite flags, with the lanes each round ran."""
+  """What `RoundsRunner.run_rounds` returns: the state after the last round, and per round
+  (leading axis R) the aggregate, the lanes' metrics and non-finite flags, with the lanes each
+  round ran."""
 
   state: Any
   aggregates: Any
@@ -48,62 +48,105 @@ def stack_keys(rngs) -> jax.Array:
   return jnp.stack(list(rngs))
 
 
-def run_rounds(
-  runner: CompiledRounds,
-  program,
-  shared_of: Callable[[Any], Any],
-  server_update: Callable[[Any, Any], Any],
-  state,
-  cohorts: Sequence[Cohort],
-  rngs,
-) -> RoundsResult | None:
-  """Runs ``len(cohorts)`` rounds as one program, or returns None where that does not apply.
+class RoundsRunner:
+  """``CompiledRounds``' several-rounds program (a mixin: it uses the runner's inputs, chunk
+  limits, strategy choices and compile counters)."""
 
-  Args:
-    runner: the engine's compiled backend.
-    program: the clients' ``ClientProgram``.
-    shared_of: ``state -> shared``, what the clients of a round receive (traced).
-    server_update: ``(state, aggregate) -> state`` (traced inside the scan).
-    state: the server state before the first round (replicated arrays).
-    cohorts: one cohort per round.
-    rngs: one key per round.
-  """
-  if jax.process_count() > 1 or not cohorts:
-    return None
-  if any(len(c.parts) != 1 for c in cohorts):
-    return None
-  parts = [c.parts[0] for c in cohorts]
-  sources = [runner._features(p.features) for p in parts]  # pylint: disable=protected-access
-  if any(isinstance(f, Resident) for f in sources):  # rows index one resident copy: the same for all
-    if any(feature_identity(p.features) != feature_identity(parts[0].features) for p in parts[1:]):
+  def run_rounds(
+    self,
+    program,
+    shared_of: Callable[[Any], Any],
+    server_update: Callable[[Any, Any], Any],
+    state,
+    cohorts: Sequence[Cohort],
+    rngs,
+  ) -> RoundsResult | None:
+    """Runs ``len(cohorts)`` rounds as one program, or returns None where that does not apply.
+
+    Args:
+      program: the clients' ``ClientProgram``.
+      shared_of: ``state -> shared``, what the clients of a round receive (traced).
+      server_update: ``(state, aggregate) -> state`` (traced inside the scan).
+      state: the server state before the first round (replicated arrays).
+      cohorts: one cohort per round.
+      rngs: one key per round.
+    """
+    if jax.process_count() > 1 or not cohorts:
       return None
-  elif any(_specs(f) != _specs(sources[0]) for f in sources[1:]):  # each round's own examples, one shape
-    return None
-  lanes = [host_lanes(p, c) for p, c in zip(parts, cohorts)]
-  layout = _layout(lanes[0])
-  if any(_layout(x) != layout for x in lanes[1:]):
-    return None
-  rngs = stack_keys(rngs)
-  if rngs.shape[0] != len(cohorts):
-    raise ValueError(f"run_rounds needs one key per cohort: {len(cohorts)} cohorts, {rngs.shape[0]} keys")
-  features = sources[0]
-  shared = shared_of(state)
-  sizes = chunk_sizes(
-    lanes[0].num_lanes, runner.client_multiple, runner._chunk_limit(program, shared, lanes[0], features, rngs[0])
-  )  # pylint: disable=protected-access
-  if len(sizes) != 1:  # a round of several chunks: one at a time
-    return None
-  lanes = [pad_lanes(x, sizes[0]) for x in lanes]
-  key = runner._signature(program, shared, lanes[0], features, rngs[0])  # pylint: disable=protected-access
-  compiled = _compiled(runner, key, program, shared_of, server_update, state, lanes[0], features, rngs)
-  per_round = [runner._put_sharded(x, f) for x, f in zip(lanes, sources)]  # pylint: disable=protected-access
-  data = jax.tree.map(lambda *xs: np.stack(xs), *per_round)
-  state, rngs = replicated_arguments((state, rngs), runner.mesh)
-  with jax.transfer_guard("allow"):  # the stacked host inputs, as ``CompiledRounds.run``'s
-    state, (aggregates, metrics, nonfinite) = compiled(state, runner._device_features(features), data, rngs)  # pylint: disable=protected-access
-  runner.stats.chunks += len(cohorts)
-  runner.stats.computed_example_steps += sum(x.mask.size for x in lanes)
-  return RoundsResult(state, aggregates, metrics, nonfinite, lanes)
+    if any(len(c.parts) != 1 for c in cohorts):
+      return None
+    parts = [c.parts[0] for c in cohorts]
+    sources = [self._features(p.features) for p in parts]
+    if any(isinstance(f, Resident) for f in sources):  # rows index one resident copy: the same for all
+      if any(feature_identity(p.features) != feature_identity(parts[0].features) for p in parts[1:]):
+        return None
+    elif any(_specs(f) != _specs(sources[0]) for f in sources[1:]):  # each round's own examples, one shape
+      return None
+    lanes = [host_lanes(p, c) for p, c in zip(parts, cohorts)]
+    layout = _layout(lanes[0])
+    if any(_layout(x) != layout for x in lanes[1:]):
+      return None
+    rngs = stack_keys(rngs)
+    if rngs.shape[0] != len(cohorts):
+      raise ValueError(f"run_rounds needs one key per cohort: {len(cohorts)} cohorts, {rngs.shape[0]} keys")
+    features = sources[0]
+    shared = shared_of(state)
+    limit = self._chunk_limit(program, shared, lanes[0], features, rngs[0])
+    sizes = chunk_sizes(lanes[0].num_lanes, self.client_multiple, limit)
+    if len(sizes) != 1:  # a round of several chunks: one at a time
+      return None
+    lanes = [pad_lanes(x, sizes[0]) for x in lanes]
+    key = self._signature(program, shared, lanes[0], features, rngs[0])
+    compiled = self._rounds_program(key, program, shared_of, server_update, state, lanes[0], features, rngs)
+    per_round = [self._put_sharded(x, f) for x, f in zip(lanes, sources)]
+    data = jax.tree.map(lambda *xs: np.stack(xs), *per_round)
+    state, rngs = replicated_arguments((state, rngs), self.mesh)
+    with jax.transfer_guard("allow"):  # the stacked host inputs, as ``CompiledRounds.run``'s
+      state, (aggregates, metrics, nonfinite) = compiled(state, self._device_features(features), data, rngs)
+    self.stats.chunks += len(cohorts)
+    self.stats.computed_example_steps += sum(x.mask.size for x in lanes)
+    return RoundsResult(state, aggregates, metrics, nonfinite, lanes)
+
+  def _rounds_program(self, key, program, shared_of, server_update, state, lanes, features, rngs):
+    """The R-round program for this shape, compiled once per (shape, R, server update)."""
+    cache = self.__dict__.setdefault("_rounds_programs", {})
+    num_rounds = int(rngs.shape[0])
+    cache_key = (key, num_rounds, server_update, shared_of)
+    if cache_key in cache:
+      return cache[cache_key]
+    with self._lock:
+      chosen = self._programs.get(key)
+    # The strategy the single-round program of this shape runs (timed, explicit or a timed
+    # sibling's), else what its memory probe would compile.
+    strategy = chosen.strategy if chosen is not None else self._probe_strategy(program, lanes, features)
+    step = self.step_function(strategy, program, lanes, features)
+    _, _, device_features, _ = self.abstract_inputs(program, shared_of(state), features, rngs[0])
+    replicated = NamedSharding(self.mesh, P())
+    by_round = NamedSharding(self.mesh, P(None, CLIENTS))
+    one = self._put_sharded(lanes, features, abstract=True)
+    data = jax.tree.map(lambda s: jax.ShapeDtypeStruct((num_rounds,) + s.shape, s.dtype, sharding=by_round), one)
+    abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
+      state,
+    )
+    abstract_rngs = jax.ShapeDtypeStruct(rngs.shape, rngs.dtype, sharding=replicated)
+
+    def rounds(state, device_features, data, rngs):
+      def body(state, xs):
+        round_data, rng = xs
+        shared = shared_of(state)
+        aggregate, metrics, nonfinite = step(
+          zero_aggregate(program, shared, rng), shared, device_features, round_data, rng
+        )
+        return server_update(state, aggregate), (aggregate, metrics, nonfinite)
+
+      return jax.lax.scan(body, state, (data, rngs))
+
+    with strategy.trace_context():
+      compiled = jax.jit(rounds).trace(abstract_state, device_features, data, abstract_rngs).lower().compile()
+    self.stats.compiles += 1
+    cache[cache_key] = compiled
+    return compiled
 
 
 def _layout(lanes: HostLanes) -> tuple:
@@ -112,46 +155,3 @@ def _layout(lanes: HostLanes) -> tuple:
 
 def _specs(features) -> tuple:
   return tuple((k, x.shape[1:], x.dtype) for k, x in sorted(features.items()))
-
-
-def _compiled(runner, key, program, shared_of, server_update, state, lanes, features, rngs):
-  """The R-round program for this shape, compiled once per (shape, R, server update)."""
-  cache = runner.__dict__.setdefault("_rounds_programs", {})
-  num_rounds = int(rngs.shape[0])
-  cache_key = (key, num_rounds, server_update, shared_of)
-  if cache_key in cache:
-    return cache[cache_key]
-  with runner._lock:  # pylint: disable=protected-access
-    chosen = runner._programs.get(key)  # pylint: disable=protected-access
-  # The strategy the single-round program of this shape runs (timed, explicit or a timed
-  # sibling's), else what its memory probe would compile.
-  strategy = chosen.strategy if chosen is not None else runner._probe_strategy(program, lanes, features)  # pylint: disable=protected-access
-  step = runner.step_function(strategy, program, lanes, features)
-  shared, rng, device_features, _ = runner.abstract_inputs(program, shared_of(state), features, rngs[0])
-  del shared, rng
-  replicated = NamedSharding(runner.mesh, P())
-  rounds_sharding = NamedSharding(runner.mesh, P(None, CLIENTS))
-  one = runner._put_sharded(lanes, features, abstract=True)  # pylint: disable=protected-access
-  data = jax.tree.map(lambda s: jax.ShapeDtypeStruct((num_rounds,) + s.shape, s.dtype, sharding=rounds_sharding), one)
-  abstract_state = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
-    state,
-  )
-  abstract_rngs = jax.ShapeDtypeStruct(rngs.shape, rngs.dtype, sharding=replicated)
-
-  def rounds(state, device_features, data, rngs):
-    def body(state, xs):
-      round_data, rng = xs
-      shared = shared_of(state)
-      aggregate, metrics, nonfinite = step(
-        zero_aggregate(program, shared, rng), shared, device_features, round_data, rng
-      )
-      return server_update(state, aggregate), (aggregate, metrics, nonfinite)
-
-    return jax.lax.scan(body, state, (data, rngs))
-
-  with strategy.trace_context():
-    compiled = jax.jit(rounds).trace(abstract_state, device_features, data, abstract_rngs).lower().compile()
-  runner.stats.compiles += 1
-  cache[cache_key] = compiled
-  return compiled
