@@ -56,11 +56,12 @@ def test_one_device_equals_four(test_split):
 
 
 def test_batches_split_into_few_calls():
-  from fedjaxscale.engine.evaluation import _groups
+  from fedjaxscale.engine.evaluation import _groups, _most_batches
 
   assert _groups(46) == [48] and _groups(17) == [18]
   assert _groups(1) == [1] and _groups(0) == []
   assert _groups(200, largest=64) == [64, 64, 64, 8]
+  assert _most_batches(1024 * 784) == 64 and _most_batches(1024 * 3072 * 4) == 16 and _most_batches(2**40) == 1
   for n in range(1, 300):
     g = _groups(n)
     assert n <= sum(g) <= n + max(1, (n % 64) // 8) and max(g) <= 64

@@ -21,6 +21,8 @@ from fedjaxscale.engine.executor import Engine
 from fedjaxscale.engine.placement import CLIENTS, place_replicated, put_host, put_rows
 from fedjaxscale.models.model import Model
 
+CALL_BYTES = 256 * 2**20  # the most example bytes one evaluation call sends (up to 64 batches)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
@@ -52,7 +54,8 @@ class Evaluator:
   Args:
     model: the model.
     engine: supplies the mesh (default: a fresh ``Engine()``).
-    batch_size: examples per device call; rounded to a multiple of the device count.
+    batch_size: examples per batch, rounded to a multiple of the device count; one device call
+      scans up to 64 batches (as many as keep its examples within ``CALL_BYTES``).
 
   Example::
 
@@ -84,7 +87,8 @@ class Evaluator:
     n = len(rows)
     size = self.batch_size if n > self.batch_size else bucket_size(n, int(self.mesh.shape[CLIENTS]))
     first = 0
-    for batches in _groups(-(-n // size)):
+    per_example = sum(x.dtype.itemsize * int(np.prod(x.shape[1:])) for x in dataset.features.values())
+    for batches in _groups(-(-n // size), _most_batches(size * per_example)):
       # One call scans `batches` batches (the last ones may be all padding): a call or two an
       # evaluation, not one per batch.
       chunk = rows[first : first + batches * size]
@@ -139,6 +143,12 @@ class Evaluator:
       fn = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(P(), P(CLIENTS)), out_specs=P(), check_vma=False)
       self._programs[key] = jax.jit(fn)
     return self._programs[key]
+
+
+def _most_batches(batch_bytes: int, budget: int = CALL_BYTES) -> int:
+  """Batches one call may hold: up to 64, as many as keep its examples within ``budget``."""
+  most = max(1, budget // max(batch_bytes, 1))
+  return int(min(64, 1 << (most.bit_length() - 1)))
 
 
 def _groups(batches: int, largest: int = 64) -> list[int]:
