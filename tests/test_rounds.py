@@ -123,3 +123,20 @@ def test_one_key_per_cohort():
   cohorts = [make_cohort(clients(r), 4, local_steps=3) for r in range(3)]
   with pytest.raises(ValueError, match="one key per cohort: 3 cohorts, 2 keys"):
     alg.apply_rounds(state, cohorts, jax.random.split(jax.random.key(0), 2))
+
+
+def test_rounds_whose_inputs_crowd_the_memory_budget_run_one_at_a_time(monkeypatch):
+  from fedjaxscale.engine import rounds
+
+  monkeypatch.setattr(rounds, "INPUT_SHARE", 0.0)  # no block of rounds fits
+  model = models.logistic_regression(5, 3)
+  alg = FACTORIES["fedadam"](model, Engine())
+  state = alg.init(model.init(jax.random.key(0)))
+  cohorts = [make_cohort(clients(r), 4, local_steps=3, seed=r) for r in range(3)]
+  keys = jax.random.split(jax.random.key(3), 3)
+  want, _ = one_at_a_time(alg, state, cohorts, keys)
+  compiles = alg.engine.stats.compiles
+  got, diagnostics = alg.apply_rounds(state, cohorts, keys)
+  assert alg.engine.stats.compiles == compiles and len(diagnostics) == 3
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -10,8 +10,9 @@ millisecond of device work, the per-call costs are what R rounds share.
 
 The result equals R calls of the algorithm's ``apply`` to float rounding (the same arithmetic,
 compiled into one program rather than R). It applies when every cohort has one part of one
-shape that fits one chunk, on the compiled backend in a single process; otherwise the caller
-runs the rounds one at a time (``Engine.run_rounds`` returns None).
+shape that fits one chunk and all the rounds' inputs fit a quarter of the memory budget, on the
+compiled backend in a single process; otherwise the caller runs the rounds one at a time
+(``Engine.run_rounds`` returns None).
 """
 
 from collections.abc import Callable, Sequence
@@ -25,8 +26,16 @@ from jax.sharding import PartitionSpec as P
 
 from fedjaxscale.core.cohort import Cohort, chunk_sizes
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes
-from fedjaxscale.engine.placement import CLIENTS, Resident, feature_identity, replicated_arguments
+from fedjaxscale.engine.placement import (
+  CLIENTS,
+  Resident,
+  default_memory_budget,
+  feature_identity,
+  replicated_arguments,
+)
 from fedjaxscale.engine.program import zero_aggregate
+
+INPUT_SHARE = 0.25  # the most of the memory budget that all the rounds' inputs of one call may take
 
 
 class RoundsResult(NamedTuple):
@@ -96,10 +105,13 @@ class RoundsRunner:
     if len(sizes) != 1:  # a round of several chunks: one at a time
       return None
     lanes = [pad_lanes(x, sizes[0]) for x in lanes]
+    per_round = [self._put_sharded(x, f) for x, f in zip(lanes, sources)]
+    budget = self.memory_budget_bytes or default_memory_budget()
+    if len(cohorts) * sum(np.asarray(x).nbytes for x in jax.tree.leaves(per_round[0])) > INPUT_SHARE * budget:
+      return None  # every round's inputs on the devices at once would crowd the memory budget
+    data = jax.tree.map(lambda *xs: np.stack(xs), *per_round)
     key = self._signature(program, shared, lanes[0], features, rngs[0])
     compiled = self._rounds_program(key, program, shared_of, server_update, state, lanes[0], features, rngs)
-    per_round = [self._put_sharded(x, f) for x, f in zip(lanes, sources)]
-    data = jax.tree.map(lambda *xs: np.stack(xs), *per_round)
     state, rngs = replicated_arguments((state, rngs), self.mesh)
     with jax.transfer_guard("allow"):  # the stacked host inputs, as ``CompiledRounds.run``'s
       state, (aggregates, metrics, nonfinite) = compiled(state, self._device_features(features), data, rngs)
