@@ -156,7 +156,7 @@ class Cohort:
 
   @property
   def real_example_steps(self) -> int:
-    return int(sum(int(p.mask.sum()) for p in self.parts))
+    return int(sum(np.count_nonzero(p.mask) for p in self.parts))  # (bool .sum() is ~10x slower)
 
   def computed_example_steps(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> int:
     """Example slots the engine computes once each part's lanes are padded to their bucket."""

@@ -20,6 +20,7 @@ from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, slice_lan
 from fedjaxscale.engine.placement import (
   CLIENTS,
   Resident,
+  allow_transfers,
   default_memory_budget,
   feature_identity,
   put_host,
@@ -84,7 +85,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
         data = self._put_sharded(chunk, features)
         if entry is None:
           entry = self._choose(key, program, shared, chunk, features, data, rng)
-        with jax.transfer_guard("allow"):  # host inputs (``_put_sharded``), ``replicated_arguments``
+        with allow_transfers():  # host inputs (``_put_sharded``), ``replicated_arguments``
           acc, metrics, nonfinite = entry.step(
             entry.zeros() if acc is None else acc, shared, self._device_features(features), data, rng
           )

@@ -37,9 +37,13 @@ def host_lanes(part: CohortPart, cohort: Cohort) -> HostLanes:
   packed = part.packed
   owner = part.owner if packed else part.owner[:, 0]
   real = owner != IDLE
-  safe = np.where(real, owner, 0)
-  num_examples = np.where(real, cohort.num_examples[safe], 0).astype(np.float32)
-  weight = np.where(real, cohort.weights[safe], 0).astype(np.float32)
+  if real.all():  # every lane starts with a client (before padding): no idle entries to zero
+    num_examples = np.asarray(cohort.num_examples[owner], np.float32)
+    weight = np.asarray(cohort.weights[owner], np.float32)
+  else:
+    safe = np.where(real, owner, 0)
+    num_examples = np.where(real, cohort.num_examples[safe], 0).astype(np.float32)
+    weight = np.where(real, cohort.weights[safe], 0).astype(np.float32)
   start = end = local_step = None
   if packed:
     start, end, local_step = part.boundaries()

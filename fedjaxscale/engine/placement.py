@@ -1,6 +1,7 @@
 """Where arrays live: the ``clients`` mesh, the engine's deliberate host-to-device transfers, and
 the memory budget."""
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -28,6 +29,22 @@ def default_memory_budget() -> int:
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"] * 0.5)
   return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
+
+
+_GUARDS = (
+  "jax_transfer_guard_host_to_device",
+  "jax_transfer_guard_device_to_host",
+  "jax_transfer_guard_device_to_device",
+)
+
+
+def allow_transfers():
+  """``jax.transfer_guard("allow")`` for the engine's deliberate transfers, or no context at all
+  where no guard is set (the default, which allows them already): entering the guard's context
+  costs about 10 us, paid every round."""
+  if all(getattr(jax.config, name) is None for name in _GUARDS):
+    return contextlib.nullcontext()
+  return jax.transfer_guard("allow")
 
 
 def put_host(x, sharding: jax.sharding.Sharding):

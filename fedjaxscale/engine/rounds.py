@@ -29,6 +29,7 @@ from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes
 from fedjaxscale.engine.placement import (
   CLIENTS,
   Resident,
+  allow_transfers,
   default_memory_budget,
   feature_identity,
   replicated_arguments,
@@ -113,7 +114,7 @@ class RoundsRunner:
     key = self._signature(program, shared, lanes[0], features, rngs[0])
     compiled = self._rounds_program(key, program, shared_of, server_update, state, lanes[0], features, rngs)
     state, rngs = replicated_arguments((state, rngs), self.mesh)
-    with jax.transfer_guard("allow"):  # the stacked host inputs, as ``CompiledRounds.run``'s
+    with allow_transfers():  # the stacked host inputs, as ``CompiledRounds.run``'s
       state, (aggregates, metrics, nonfinite) = compiled(state, self._device_features(features), data, rngs)
     self.stats.chunks += len(cohorts)
     self.stats.computed_example_steps += sum(x.mask.size for x in lanes)
