@@ -118,6 +118,55 @@ def test_resume_equals_uninterrupted(default_run, tmp_path):
   assert host_a["round"] == host_b["round"] == 4
 
 
+def block_config(rounds_per_call, rounds=8):
+  """synthetic.py:small with fixed local steps (one cohort shape, so blocks of rounds apply),
+  evaluated and checkpointed every 4 rounds."""
+  return load_config(
+    "synthetic",
+    "small",
+    rounds=rounds,
+    eval_every=4,
+    checkpoint_every=4,
+    **{"local.local_steps": 3, "local.local_epochs": 0.0, "engine.rounds_per_call": rounds_per_call},
+  )
+
+
+def test_blocks_of_rounds_equal_one_round_a_call(tmp_path):
+  """engine.rounds_per_call: rounds planned ahead and trained as one program give the records,
+  timeline and model of one round a call (to float rounding; here bit for bit), compiling one
+  program for the blocks."""
+  one = train_and_evaluate(block_config(1), tmp_path / "one", show_progress=False)
+  blocks = train_and_evaluate(block_config(6), tmp_path / "blocks", show_progress=False)  # blocks of 4: evals
+  a, b = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "blocks")
+  assert [r["round"] for r in b] == list(range(1, 9)) and [("eval" in r) for r in b] == [("eval" in r) for r in a]
+  for x, y in zip(a, b):
+    for key in ("train_loss", "clock_s", "trained", "padding_efficiency"):
+      np.testing.assert_allclose(y[key], x[key], rtol=1e-5, err_msg=key)
+    if "eval" in x:
+      np.testing.assert_allclose(y["eval"]["accuracy"], x["eval"]["accuracy"], rtol=1e-5)
+  for key in ("round", "client", "status", "start", "finish"):
+    np.testing.assert_array_equal(read_timeline(tmp_path / "blocks")[key], read_timeline(tmp_path / "one")[key])
+  assert blocks["engine"]["compiles"] == one["engine"]["compiles"] + 1  # the block program (R = 4)
+  assert blocks["clients_trained"] == one["clients_trained"]
+
+
+def test_blocks_of_rounds_resume_equals_uninterrupted(tmp_path):
+  full = train_and_evaluate(block_config(4), tmp_path / "full", show_progress=False)
+  train_and_evaluate(block_config(4, rounds=4), tmp_path / "half", show_progress=False)
+  resumed = train_and_evaluate(block_config(4), tmp_path / "half", resume=True, show_progress=False)
+  assert without_wall(read_metrics(tmp_path / "half")) == without_wall(read_metrics(tmp_path / "full"))
+  assert resumed["final_accuracy"] == full["final_accuracy"]
+  config = block_config(4)
+  from fedjaxscale.training.setup import build
+
+  like = build(config, tmp_path / "like").algorithm.init(
+    jax.tree.map(np.zeros_like, _params_like(config, tmp_path / "like"))
+  )
+  a, _ = final_params(tmp_path / "half", like)
+  b, _ = final_params(tmp_path / "full", like)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
 def _params_like(config, workdir):
   from fedjaxscale.training.setup import build
 
@@ -204,6 +253,7 @@ def test_overwrite_replaces_the_run(tmp_path):
     ({"model.num_classes": 5}, "model.num_classes: the model outputs 5 classes but the data has labels up to 9"),
     ({"algorithm.name": "fedsgd"}, "algorithm.name: unknown algorithm"),
     ({"local.local_steps": 3}, "local: set exactly one"),
+    ({"engine.rounds_per_call": 0}, "engine.rounds_per_call: must be >= 1"),
   ],
 )
 def test_bad_config_is_refused_before_anything_is_written(tmp_path, overrides, message):

@@ -117,6 +117,9 @@ def get_base() -> ml_collections.ConfigDict:
   c.engine.backend = "vmap"  # 'vmap', 'loop' or 'debug'
   c.engine.max_clients_per_chunk = 0  # lanes per compiled call (0: as many as the memory budget allows)
   c.engine.strategy = "auto"  # 'auto' (measured), 'vmap', 'map' or 'map:<k>', optionally with '+patches'
+  # Synchronous rounds with uniform selection, planned and gathered ahead and trained as one compiled
+  # program of up to this many rounds (blocks end at evaluations and checkpoints; 1: a round a call).
+  c.engine.rounds_per_call = 1
   c.engine.compilation_cache = True  # JAX's persistent compilation cache (a second run compiles nothing)
   c.engine.compilation_cache_dir = ""  # '': the user's cache dir (see training/compilation.py)
 

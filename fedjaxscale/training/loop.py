@@ -257,6 +257,22 @@ def sync_round(run, apply):
     timing yet; ``train_loss`` is a list per point when the diagnostics hold one loss per point),
     the algorithm's diagnostics (None when nobody finished), the plan and the clients trained.
   """
+  plan, members, max_steps, record = plan_round(run)
+  if not len(members):  # nobody finished: the clock moved, the model did not
+    run.state = run.state._replace(round=run.state.round + 1)
+    run.p.planner.report(plan, np.zeros(0))
+    return record, None, plan, members
+  tic = time.perf_counter()
+  cohort = round_cohort(run, members, max_steps=max_steps)
+  tic = run._tick("gather", tic)
+  run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
+  finish_round(run, record, diagnostics, plan, members, tic)
+  return record, diagnostics, plan, members
+
+
+def plan_round(run):
+  """A synchronous round's plan, the clients it trains (with their local steps) and the start of
+  its record: ``(plan, members, max_steps, record)``."""
   p, config = run.p, run.config
   tic = time.perf_counter()
   plan = p.planner.plan_round()
@@ -275,14 +291,12 @@ def sync_round(run, apply):
   }
   if plan.short:
     record["note"] = plan.message
-  if not len(members):  # nobody finished: the clock moved, the model did not
-    run.state = run.state._replace(round=run.state.round + 1)
-    p.planner.report(plan, np.zeros(0))
-    return record, None, plan, members
-  tic = time.perf_counter()
-  cohort = round_cohort(run, members, max_steps=max_steps)
-  tic = run._tick("gather", tic)
-  run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
+  return plan, members, max_steps, record
+
+
+def finish_round(run, record, diagnostics, plan, members, tic: float) -> None:
+  """Completes a trained round's record from its diagnostics (waiting for them: the engine's time
+  runs from ``tic``) and reports the clients' losses to the selection policy."""
   n = len(plan.aggregated)
   finite = ~np.asarray(diagnostics["client_nonfinite"][:n], bool)  # waits for the round's results
   loss_sq = np.asarray(diagnostics["client_loss_sq"][:n])
@@ -290,7 +304,7 @@ def sync_round(run, apply):
   if loss_sq.ndim == 2:  # a stacked group's [clients, H]: point 0's (only uniform selection, which ignores them)
     loss_sq = loss_sq[:, 0]
   # Non-finite clients were left out of the aggregate; they are left out of the feedback too.
-  p.planner.report(plan, loss_sq, finite=finite)
+  run.p.planner.report(plan, loss_sq, finite=finite)
   record.update(
     train_loss=_loss_or_none(diagnostics["train_loss"], diagnostics["num_nonfinite"] == len(members)),
     nonfinite=diagnostics["num_nonfinite"],
@@ -302,7 +316,6 @@ def sync_round(run, apply):
   for key in ("clip_norm", "clipped_fraction", "noise_std"):
     if key in diagnostics:
       record[key] = diagnostics[key]
-  return record, diagnostics, plan, members
 
 
 def _all_finite(tree) -> bool:
@@ -352,6 +365,7 @@ class _Run:
     self.wall_before = 0.0
     self.clients_trained = 0
     self.pending: dict[int, Aggregate] = {}  # async: buffers of future server steps
+    self.queued: list = []  # rounds of a block trained ahead, not yet recorded (`_sync_block`)
     # The cohort shapes of the whole run, fixed now: it compiles at most two programs per shape.
     # Training features stay on the devices when the engine can keep them (only row indices then
     # cross per round); engines without it gather on the host.
@@ -393,7 +407,7 @@ class _Run:
     start = time.perf_counter()
     try:
       while self.round < config.rounds:
-        record, durations = self._sync_round() if config.system.mode == "sync" else self._async_step()
+        record, durations = self._next_round()
         self.round += 1
         record["round"] = self.round
         record["wall_s"] = self.wall_before + time.perf_counter() - start
@@ -462,8 +476,86 @@ class _Run:
     if self.checkpointer is not None:
       self.checkpointer.close()
 
+  def _next_round(self):
+    """The next round's ``(record, durations)``: one of a block of rounds trained as one program
+    (`_sync_block`), or a round of its own."""
+    if not self.queued and self.config.system.mode == "sync" and self._block_length() > 1:
+      self.queued = self._sync_block(self._block_length())
+    if self.queued:
+      record, durations, self.timings = self.queued.pop(0)
+      return record, durations
+    return self._sync_round() if self.config.system.mode == "sync" else self._async_step()
+
+  def _block_length(self) -> int:
+    """Rounds the next block trains as one program (``engine.rounds_per_call``): up to the next
+    evaluation, checkpoint or the end, so those see the state of a round boundary; 1 where the
+    rounds cannot be planned ahead (a selection that learns from training, client states, DP and
+    its ledger, personal evaluation) or the algorithm offers no ``apply_rounds``."""
+    c = self.config
+    if (
+      c.engine.rounds_per_call <= 1
+      or getattr(self.algorithm, "apply_rounds", None) is None
+      or c.system.selection != "random"
+      or self.client_states is not None
+      or self.privacy is not None
+      or self.personal is not None
+    ):
+      return 1
+    n = min(c.engine.rounds_per_call, c.rounds - self.round)
+    for every in (c.eval_every, c.checkpoint_every):
+      if every:
+        n = min(n, every - self.round % every)
+    return n
+
   def _sync_round(self):
     record, diagnostics, plan, members = sync_round(self, self._train)
+    return self._round_outputs(self.round, record, diagnostics, plan, members)
+
+  def _sync_block(self, n: int) -> list:
+    """``n`` synchronous rounds planned and gathered ahead (uniform selection does not depend on
+    training), trained by ``apply_rounds`` as one compiled program (rounds in which nobody
+    finished split the block), then recorded round by round as `_sync_round` records them.
+
+    Returns ``[(record, durations, timings)]``, each round's share of the block's timings.
+    """
+    p, base = self.p, self.round
+    items = []
+    for i in range(n):
+      self.round = base + i  # round_cohort seeds the round's shuffling from it
+      plan, members, max_steps, record = plan_round(self)
+      cohort = None
+      if len(members):
+        tic = time.perf_counter()
+        cohort = round_cohort(self, members, max_steps=max_steps)
+        self._tick("gather", tic)
+      items.append([plan, members, record, cohort, None])
+    self.round = base
+    tic = time.perf_counter()
+    i = 0
+    while i < n:
+      if items[i][3] is None:  # nobody finished: the clock moved, the model did not
+        self.state = self.state._replace(round=self.state.round + 1)
+        p.planner.report(items[i][0], np.zeros(0))
+        i += 1
+        continue
+      j = next((t for t in range(i, n) if items[t][3] is None), n)
+      keys = [jax.random.fold_in(self.key, base + t) for t in range(i, j)]
+      self.state, diagnostics = self.algorithm.apply_rounds(self.state, [items[t][3] for t in range(i, j)], keys)
+      for t, d in zip(range(i, j), diagnostics):
+        items[t][4] = d
+      i = j
+    out = []
+    for i, (plan, members, record, _, diagnostics) in enumerate(items):
+      if diagnostics is not None:
+        finish_round(self, record, diagnostics, plan, members, tic)
+        tic = time.perf_counter()
+      out.append(self._round_outputs(base + i, record, diagnostics, plan, members))
+    share = {k: v / n for k, v in self.timings.items()}
+    return [(record, durations, dict(share)) for record, durations in out]
+
+  def _round_outputs(self, round_index: int, record, diagnostics, plan, members):
+    """A planned and trained round's warnings, ledger entry and timeline rows (``round_index``
+    rounds before it); returns ``(record, durations of the aggregated clients)``."""
     if diagnostics is not None and record["train_loss"] is None:
       self._warn_nonfinite(record["trained"], diagnostics["num_nonfinite"])
     if self.privacy is not None:  # every round is a release (an empty one too), accounted as the run sampled it
@@ -471,7 +563,7 @@ class _Run:
       record["epsilon"] = self.privacy.record_round(pool, plan.clients, members)
     ended = timeline_ends(plan)
     self.writer.write_timeline(
-      self.round + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
+      round_index + 1, plan.clients, plan.status, plan.start, plan.download_end, plan.compute_end, ended, ended
     )
     finished = plan.status == Status.AGGREGATED
     return record, (plan.finish - plan.start)[finished]

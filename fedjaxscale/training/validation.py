@@ -237,6 +237,7 @@ def check_config(config) -> None:
   _int(config, "checkpoint_every", 0, note="(0: none)")
   _choice(config, "engine.backend", ("vmap", "loop", "debug"), "backend")
   _int(config, "engine.max_clients_per_chunk", 0, note="(0: as many as the memory budget allows)")
+  _int(config, "engine.rounds_per_call", 1, note="(1: a round a call)")
   _require(
     parse_strategy(config.engine.strategy) is not None,
     "engine.strategy",
