@@ -39,6 +39,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
 THREADS = 2
 LR_REPS = 5  # spells of the logistic-regression rounds, fedjaxscale and hand-written taking turns
+ROUNDS_PER_CALL = 10  # rounds a call of apply_rounds in the logistic-regression rows
 
 
 def best_of(fn, repeats, min_time=3.0):
@@ -271,21 +272,43 @@ def fjs_logreg(cohorts, rounds, tmp, reps=5):
       jax.block_until_ready(params)
       box["params"] = params
 
+    block = min(ROUNDS_PER_CALL, rounds)  # a spell is whole blocks
+    keys = [key] * block
+
+    def rounds_spell(n):  # apply_rounds: `block` cohorts gathered, then one call
+      state = box["rounds"]
+      for _ in range(n // block):
+        cohorts = []
+        for _ in range(block):
+          members = rrng.choice(1000, cohort_size, replace=False)
+          cohorts.append(gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0])))
+        state, _ = alg.apply_rounds(state, cohorts, keys)
+      jax.block_until_ready(state.params)
+      box["rounds"] = state
+
     # Warm-up: two API rounds (the second compiles again: the server state's round counter
-    # becomes a device array after the first update) and one hand-written round.
+    # becomes a device array after the first update), one hand-written round, one block of rounds.
     api_spell(2)
     hand_spell(1)
-    rates = {"api": [], "hand": []}
+    box["rounds"] = box["state"]
+    rrng = np.random.default_rng(1)
+    rounds_spell(block)
+    rates = {"api": [], "hand": [], "rounds": []}
+    # A spell of apply_rounds is 5 blocks: the host gathers block b + 1 while the devices train
+    # block b, as `apply` gathers round r + 1 while round r trains (a single block would not overlap).
+    lengths = {"api": rounds, "hand": rounds, "rounds": 5 * block}
     for _ in range(reps):
-      for name, spell in (("api", api_spell), ("hand", hand_spell)):
+      for name, spell in (("api", api_spell), ("hand", hand_spell), ("rounds", rounds_spell)):
         tic = time.perf_counter()
-        spell(rounds)
-        rates[name].append(cohort_size * rounds / (time.perf_counter() - tic))
+        spell(lengths[name])
+        rates[name].append(cohort_size * lengths[name] / (time.perf_counter() - tic))
     out[str(cohort_size)] = {
       "clients_per_s": max(rates["api"]),
       "hand_clients_per_s": max(rates["hand"]),
+      "rounds_clients_per_s": max(rates["rounds"]),
       "median_clients_per_s": float(np.median(rates["api"])),
       "median_hand_clients_per_s": float(np.median(rates["hand"])),
+      "median_rounds_clients_per_s": float(np.median(rates["rounds"])),
       "rounds": rounds,
       "reps": reps,
       "strategy": [c["chosen"] for c in alg.engine.strategy_choices],
@@ -375,21 +398,32 @@ def main():
     "",
     "## Logistic regression, 1,000 clients x 50 examples, 20 features, 2 classes, 1 epoch of batch 10",
     "",
-    f"Clients/s, a new cohort every round: fedjaxscale and the hand-written program take turns, "
-    f"{LR_REPS} spells of {rounds} rounds each after warm-up rounds; best spell (median spell). pfl: "
+    f"Clients/s, a new cohort every round: fedjaxscale (`gather_cohort` + `apply` a round; and "
+    f"`apply_rounds`, {min(ROUNDS_PER_CALL, rounds)} cohorts gathered then one call) and the hand-written program take "
+    f"turns, {LR_REPS} spells of {rounds} rounds each (`apply_rounds`: of 5 calls) after warm-up rounds; best spell "
+    f"(median spell). pfl: "
     f"{rounds} rounds after a warm-up round, in its own process.",
     "",
-    "| cohort | fedjaxscale API | hand-written jit(vmap(scan)), data on device | **API / hand** | pfl | **API / pfl** |",
-    "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| cohort | fedjaxscale `apply` | `apply_rounds` | hand-written jit(vmap(scan)), data on device "
+    "| **`apply` / hand** | **`apply_rounds` / hand** | pfl | **`apply` / pfl** | **`apply_rounds` / pfl** |",
+    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for c in cohorts:
     f = fjs_lr[str(c)]
     p = pfl_lr.get(str(c))
-    pfl_cells = f"{p['clients_per_s']:,.0f} | **{f['clients_per_s'] / p['clients_per_s']:.0f}x**" if p else "- | -"
+    pfl_cells = (
+      f"{p['clients_per_s']:,.0f} | **{f['clients_per_s'] / p['clients_per_s']:.0f}x** | "
+      f"**{f['rounds_clients_per_s'] / p['clients_per_s']:.0f}x**"
+      if p
+      else "- | - | -"
+    )
     lines.append(
-      f"| {c:,} | {f['clients_per_s']:,.0f} ({f['median_clients_per_s']:,.0f}) | {f['hand_clients_per_s']:,.0f} "
+      f"| {c:,} | {f['clients_per_s']:,.0f} ({f['median_clients_per_s']:,.0f}) | {f['rounds_clients_per_s']:,.0f} "
+      f"({f['median_rounds_clients_per_s']:,.0f}) | {f['hand_clients_per_s']:,.0f} "
       f"({f['median_hand_clients_per_s']:,.0f}) | **{f['clients_per_s'] / f['hand_clients_per_s']:.2f}** "
-      f"({f['median_clients_per_s'] / f['median_hand_clients_per_s']:.2f}) | {pfl_cells} |"
+      f"({f['median_clients_per_s'] / f['median_hand_clients_per_s']:.2f}) | "
+      f"**{f['rounds_clients_per_s'] / f['hand_clients_per_s']:.2f}** "
+      f"({f['median_rounds_clients_per_s'] / f['median_hand_clients_per_s']:.2f}) | {pfl_cells} |"
     )
   lines += ["", "Engine strategy chosen: " + ", ".join(f"{c:,}: {fjs_lr[str(c)]['strategy']}" for c in cohorts) + "."]
   if "error" in pfl_lr:
