@@ -24,6 +24,8 @@ def run():
     code = main(sys.argv)
   except SystemExit as e:  # absl's app.run ends with sys.exit
     code = e.code
+  if hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules:
+    sys.exit(code)  # called from an interactive session or a notebook: never end its process
   fast_exit(code)
 
 

@@ -120,3 +120,15 @@ def test_a_config_file_may_carry_a_sweep_section(tmp_path):
   path.write_text(path.read_text().replace("'seed': [0, 1] if arg else [0]", "'seed': [0.5]"))
   with pytest.raises(Exception, match="sweep.seed: 0.5 is not of the field's type int"):
     check_grid(config, configfile.load_sweep(str(path)))
+
+
+def test_run_called_in_an_interactive_session_raises_system_exit(monkeypatch, capsys):
+  """The console command ends its process without the interpreter's teardown; called from an
+  interactive session or a notebook it raises SystemExit as sys.exit would, and the session lives."""
+  from fedjaxscale import main
+
+  monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+  monkeypatch.setattr(sys, "argv", ["fedjaxscale", "--help"])
+  with pytest.raises(SystemExit) as e:
+    main.run()
+  assert e.value.code == 0 and "subcommands" in capsys.readouterr().out
