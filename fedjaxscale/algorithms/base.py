@@ -63,27 +63,27 @@ class Algorithm(NamedTuple):
   apply_rounds: Callable[..., tuple[ServerState, list[Mapping[str, Any]]]] | None = None
 
 
-def diagnostics_of(
-  engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: Mapping, totals=None
-) -> Deferred:
+def diagnostics_of(engine: Engine, before: dict, cohort: Cohort, aggregate: Aggregate, per_client: Mapping) -> Deferred:
   """The round's diagnostics as every algorithm's ``apply`` reports them (stateful ones too).
 
   A ``Deferred`` mapping: nothing is fetched from the devices until it is read, so ``apply``
-  returns while the round still runs. ``totals`` (``apply_rounds``) fetches the round's weight sum
-  and non-finite count instead of ``aggregate``; ``before`` then holds the round's own computed
-  and real example steps.
+  returns while the round still runs.
   """
-  if totals is None:
-    computed = engine.stats.computed_example_steps - before["computed"]
-    real = engine.stats.real_example_steps - before["real"]
-  else:
-    computed, real = before["computed"], before["real"]
+  return round_diagnostics(
+    cohort,
+    per_client,
+    lambda: jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite)),
+    engine.stats.computed_example_steps - before["computed"],
+    engine.stats.real_example_steps - before["real"],
+  )
+
+
+def round_diagnostics(cohort: Cohort, per_client: Mapping, totals: Callable, computed: int, real: int) -> Deferred:
+  """`diagnostics_of` from its parts: ``totals()`` fetches the round's weight sum and non-finite
+  count; ``computed`` and ``real`` are its example slots (``apply_rounds`` gives each round's)."""
 
   def compute():
-    if totals is None:
-      weight_sum, num_nonfinite = jax.device_get((aggregate.weight_sum, aggregate.num_nonfinite))
-    else:
-      weight_sum, num_nonfinite = totals()
+    weight_sum, num_nonfinite = totals()
     diagnostics = {
       "num_clients": cohort.num_clients,
       "num_nonfinite": int(num_nonfinite),
@@ -157,10 +157,10 @@ def build_algorithm(
     def totals(r):  # one fetch for every round's weight sum and non-finite count
       return lambda: tuple(x[r] for x in fetched["all"])
 
-    diagnostics = []
-    for r, (cohort, per_client) in enumerate(zip(cohorts, per_clients)):
-      steps = {"computed": computed[r], "real": cohort.real_example_steps}
-      diagnostics.append(diagnostics_of(engine, steps, cohort, None, per_client, totals=totals(r)))
+    diagnostics = [
+      round_diagnostics(cohort, per_client, totals(r), computed[r], cohort.real_example_steps)
+      for r, (cohort, per_client) in enumerate(zip(cohorts, per_clients))
+    ]
     return state, diagnostics
 
   return Algorithm(init, apply, client_program, server_update, engine, apply_rounds)

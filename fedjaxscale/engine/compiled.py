@@ -23,8 +23,10 @@ from fedjaxscale.engine.placement import (
   allow_transfers,
   default_memory_budget,
   feature_identity,
+  feature_specs,
   put_host,
   put_rows,
+  replicated_specs,
 )
 from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, when, zero_aggregate
 from fedjaxscale.engine.rounds import RoundsRunner
@@ -67,6 +69,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     self._programs: dict = {}  # signature -> the chosen Compiled
     self._candidates: dict = {}  # (signature, strategy) -> Compiled, while a shape is being tuned
     self._chunk_limits: dict = {}
+    self._rounds_programs: dict = {}  # (signature, rounds, server update, shared_of) -> ``RoundsRunner``'s program
     self._lock = threading.Lock()
 
   def run(self, program, shared, cohort, rng):
@@ -143,7 +146,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     if isinstance(features, Resident):
       specs = ("resident",) + tuple((k, x.shape, x.dtype) for k, x in sorted(features.arrays.items()))
     else:
-      specs = tuple((k, x.shape[1:], x.dtype) for k, x in sorted(features.items()))
+      specs = feature_specs(features)
     return (program, jax.tree.structure(shared), abstract, specs)
 
   # -- compiling and choosing -----------------------------------------------------------------
@@ -187,10 +190,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     round's program is compiled for replicated inputs whether or not they are placed yet
     (``replicated_arguments``)."""
     replicated = NamedSharding(self.mesh, P())
-    shared, rng = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
-      (shared, rng),
-    )
+    shared, rng = replicated_specs((shared, rng), self.mesh)
     device_features = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), self._device_features(features)
     )

@@ -230,15 +230,17 @@ class Engine:
     self._runner.resident[key] = Resident(arrays, features)
     return True
 
-  def _auto_resident(self, features) -> None:
+  def _auto_resident(self, cohort: Cohort) -> None:
     """Makes a dataset's memory-mapped features (``gather_cohort`` passes them through) resident
     the first time a cohort reads them, in a single-process run: the same arrays come back
     every round. (Multi-process runs call ``make_resident`` themselves, every process alike.)"""
-    key = feature_identity(features)
-    if jax.process_count() > 1 or key in self._runner.resident or key in self._declined:
-      return
-    if features and all(isinstance(x, np.memmap) for x in features.values()) and not self.make_resident(features):
-      self._declined[key] = features  # kept alive, so its identity is not reused
+    for part in cohort.parts:
+      features = part.features
+      key = feature_identity(features)
+      if jax.process_count() > 1 or key in self._runner.resident or key in self._declined:
+        continue
+      if features and all(isinstance(x, np.memmap) for x in features.values()) and not self.make_resident(features):
+        self._declined[key] = features  # kept alive, so its identity is not reused
 
   def place_replicated(self, tree: PyTree) -> PyTree:
     """Puts ``tree`` on every device of the mesh (a no-op for the per-client backends)."""
@@ -264,8 +266,7 @@ class Engine:
     if cohort.num_clients == 0:
       raise ValueError("the cohort has no clients")
     if self.backend == "vmap":
-      for part in cohort.parts:
-        self._auto_resident(part.features)
+      self._auto_resident(cohort)
       shared, rng = replicated_arguments((shared, rng), self.mesh)
     aggregate, results = self._runner.run(program, shared, cohort, rng)
     self.stats.real_example_steps += cohort.real_example_steps
@@ -286,8 +287,7 @@ class Engine:
     if self.backend != "vmap" or not cohorts:
       return None
     for cohort in cohorts:
-      for part in cohort.parts:
-        self._auto_resident(part.features)
+      self._auto_resident(cohort)
     result = self._runner.run_rounds(program, shared_of, server_update, state, cohorts, rngs)
     if result is None:
       return None

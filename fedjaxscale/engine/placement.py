@@ -136,3 +136,18 @@ class Resident(NamedTuple):
 def feature_identity(features) -> tuple:
   """Which arrays a feature mapping holds (by identity): the key of its resident copy."""
   return tuple(sorted((k, id(x)) for k, x in features.items()))
+
+
+def feature_specs(features) -> tuple:
+  """Each feature's name, per-example shape and dtype: what gathered examples' programs depend on."""
+  return tuple((k, x.shape[1:], x.dtype) for k, x in sorted(features.items()))
+
+
+def replicated_specs(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """``tree``'s leaves as ``ShapeDtypeStruct``s replicated over ``mesh`` (weak types kept): what a
+  program is compiled for, whether or not the arrays are placed yet (``replicated_arguments``)."""
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
+    tree,
+  )

@@ -32,7 +32,9 @@ from fedjaxscale.engine.placement import (
   allow_transfers,
   default_memory_budget,
   feature_identity,
+  feature_specs,
   replicated_arguments,
+  replicated_specs,
 )
 from fedjaxscale.engine.program import zero_aggregate
 
@@ -90,7 +92,9 @@ class RoundsRunner:
     if any(isinstance(f, Resident) for f in sources):  # rows index one resident copy: the same for all
       if any(feature_identity(p.features) != feature_identity(parts[0].features) for p in parts[1:]):
         return None
-    elif any(_specs(f) != _specs(sources[0]) for f in sources[1:]):  # each round's own examples, one shape
+    elif any(
+      feature_specs(f) != feature_specs(sources[0]) for f in sources[1:]
+    ):  # each round's own examples, one shape
       return None
     lanes = [host_lanes(p, c) for p, c in zip(parts, cohorts)]
     layout = _layout(lanes[0])
@@ -122,11 +126,10 @@ class RoundsRunner:
 
   def _rounds_program(self, key, program, shared_of, server_update, state, lanes, features, rngs):
     """The R-round program for this shape, compiled once per (shape, R, server update)."""
-    cache = self.__dict__.setdefault("_rounds_programs", {})
     num_rounds = int(rngs.shape[0])
     cache_key = (key, num_rounds, server_update, shared_of)
-    if cache_key in cache:
-      return cache[cache_key]
+    if cache_key in self._rounds_programs:
+      return self._rounds_programs[cache_key]
     with self._lock:
       chosen = self._programs.get(key)
     # The strategy the single-round program of this shape runs (timed, explicit or a timed
@@ -134,15 +137,10 @@ class RoundsRunner:
     strategy = chosen.strategy if chosen is not None else self._probe_strategy(program, lanes, features)
     step = self.step_function(strategy, program, lanes, features)
     _, _, device_features, _ = self.abstract_inputs(program, shared_of(state), features, rngs[0])
-    replicated = NamedSharding(self.mesh, P())
     by_round = NamedSharding(self.mesh, P(None, CLIENTS))
     one = self._put_sharded(lanes, features, abstract=True)
     data = jax.tree.map(lambda s: jax.ShapeDtypeStruct((num_rounds,) + s.shape, s.dtype, sharding=by_round), one)
-    abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
-      state,
-    )
-    abstract_rngs = jax.ShapeDtypeStruct(rngs.shape, rngs.dtype, sharding=replicated)
+    abstract_state, abstract_rngs = replicated_specs((state, rngs), self.mesh)
 
     def rounds(state, device_features, data, rngs):
       def body(state, xs):
@@ -158,13 +156,9 @@ class RoundsRunner:
     with strategy.trace_context():
       compiled = jax.jit(rounds).trace(abstract_state, device_features, data, abstract_rngs).lower().compile()
     self.stats.compiles += 1
-    cache[cache_key] = compiled
+    self._rounds_programs[cache_key] = compiled
     return compiled
 
 
 def _layout(lanes: HostLanes) -> tuple:
   return tuple(None if x is None else (x.shape, x.dtype) for x in lanes)
-
-
-def _specs(features) -> tuple:
-  return tuple((k, x.shape[1:], x.dtype) for k, x in sorted(features.items()))

@@ -15,6 +15,7 @@ One seed fixes everything; a resumed run (``resume=True``) continues from the ne
 and produces the same metrics and parameters as a run that never stopped.
 """
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -338,6 +339,17 @@ def cohort_sizes(config) -> tuple[range, int]:
   return range(k, k + 1), k
 
 
+@dataclasses.dataclass
+class _Planned:
+  """A round of a block (`_Run._sync_block`): planned and gathered, then trained."""
+
+  plan: Any
+  members: np.ndarray
+  record: dict
+  cohort: Any  # None: nobody finished
+  diagnostics: Any = None
+
+
 class _Run:
   """One run's state between rounds."""
 
@@ -479,8 +491,8 @@ class _Run:
   def _next_round(self):
     """The next round's ``(record, durations)``: one of a block of rounds trained as one program
     (`_sync_block`), or a round of its own."""
-    if not self.queued and self.config.system.mode == "sync" and self._block_length() > 1:
-      self.queued = self._sync_block(self._block_length())
+    if not self.queued and self.config.system.mode == "sync" and (block := self._block_length()) > 1:
+      self.queued = self._sync_block(block)
     if self.queued:
       record, durations, self.timings = self.queued.pop(0)
       return record, durations
@@ -519,7 +531,7 @@ class _Run:
     Returns ``[(record, durations, timings)]``, each round's share of the block's timings.
     """
     p, base = self.p, self.round
-    items = []
+    rounds = []
     for i in range(n):
       self.round = base + i  # round_cohort seeds the round's shuffling from it
       plan, members, max_steps, record = plan_round(self)
@@ -528,28 +540,28 @@ class _Run:
         tic = time.perf_counter()
         cohort = round_cohort(self, members, max_steps=max_steps)
         self._tick("gather", tic)
-      items.append([plan, members, record, cohort, None])
+      rounds.append(_Planned(plan, members, record, cohort))
     self.round = base
     tic = time.perf_counter()
     i = 0
     while i < n:
-      if items[i][3] is None:  # nobody finished: the clock moved, the model did not
+      if rounds[i].cohort is None:  # nobody finished: the clock moved, the model did not
         self.state = self.state._replace(round=self.state.round + 1)
-        p.planner.report(items[i][0], np.zeros(0))
+        p.planner.report(rounds[i].plan, np.zeros(0))
         i += 1
         continue
-      j = next((t for t in range(i, n) if items[t][3] is None), n)
+      j = next((t for t in range(i, n) if rounds[t].cohort is None), n)  # a run of trained rounds
       keys = [jax.random.fold_in(self.key, base + t) for t in range(i, j)]
-      self.state, diagnostics = self.algorithm.apply_rounds(self.state, [items[t][3] for t in range(i, j)], keys)
-      for t, d in zip(range(i, j), diagnostics):
-        items[t][4] = d
+      self.state, diagnostics = self.algorithm.apply_rounds(self.state, [r.cohort for r in rounds[i:j]], keys)
+      for r, d in zip(rounds[i:j], diagnostics):
+        r.diagnostics = d
       i = j
     out = []
-    for i, (plan, members, record, _, diagnostics) in enumerate(items):
-      if diagnostics is not None:
-        finish_round(self, record, diagnostics, plan, members, tic)
+    for i, r in enumerate(rounds):
+      if r.diagnostics is not None:
+        finish_round(self, r.record, r.diagnostics, r.plan, r.members, tic)
         tic = time.perf_counter()
-      out.append(self._round_outputs(base + i, record, diagnostics, plan, members))
+      out.append(self._round_outputs(base + i, r.record, r.diagnostics, r.plan, r.members))
     share = {k: v / n for k, v in self.timings.items()}
     return [(record, durations, dict(share)) for record, durations in out]
 
