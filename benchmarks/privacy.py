@@ -42,7 +42,9 @@ from fedjaxscale.engine import Engine
 from fedjaxscale.state import ClientStateStore, StateLayout
 
 
-def variants(base, clients: int, k: int):
+def variants(base, clients: int, k: int, d: int):
+  blocks, m = encoders._rotation_shape(d, encoders.ROTATION_BLOCK)
+  rotation = f"{blocks:,} x {m:,}"
   dpk = dict(clip_norm=0.5, noise_multiplier=1.0, expected_clients=float(clients))
   return {
     "fedavg (plain)": base,
@@ -50,9 +52,8 @@ def variants(base, clients: int, k: int):
     "DP + adaptive clipping": dp.private_aggregation(base, adaptive=dp.AdaptiveClipping(count_noise=50.0), **dpk),
     "quantize 1 bit": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(1)),
     "quantize 8 bits": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(8)),
-    "quantize 4 bits, rotated": dp.private_aggregation(base, encoder=encoders.stochastic_quantizer(4, rotate=True)),
-    "quantize 4 bits, rotated, blocks of 256": dp.private_aggregation(
-      base, encoder=encoders.stochastic_quantizer(4, rotate=True, block=256)
+    f"quantize 4 bits, rotated ({rotation} blocks)": dp.private_aggregation(
+      base, encoder=encoders.stochastic_quantizer(4, rotate=True)
     ),
     f"top-k (k = {k:,})": dp.private_aggregation(base, encoder=encoders.top_k(k)),
     f"top-k (k = {k:,}) + error feedback": dp.private_aggregation(base, encoder=encoders.top_k(k), error_feedback=True),
@@ -82,7 +83,7 @@ def main(argv=None):
   members = np.arange(args.clients)
   params = model.init(jax.random.key(0))
   params_count = sum(x.size for x in jax.tree.leaves(params))
-  algs = variants(base, args.clients, max(1, params_count // 10))
+  algs = variants(base, args.clients, max(1, params_count // 10), params_count)
   states = {name: alg.init(params) for name, alg in algs.items()}
   stores = {
     name: ClientStateStore(StateLayout.from_spec(alg.state_spec(states[name])), args.clients, "memory")

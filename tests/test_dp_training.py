@@ -80,9 +80,9 @@ def test_compression_small_times_uploads_from_the_encoder(tmp_path):
   from fedjaxscale.training.setup import build
 
   parts = build(config, tmp_path)
-  d = parts.num_params
-  pad = 1 << (d - 1).bit_length()
-  assert parts.upload_bits == pad * 2 + 64 == parts.latency.update_bits
+  # 2,282 numbers rotate in 5 blocks of 512 (2,560), not one of 4,096 (encoders._rotation_shape).
+  assert parts.num_params == 2282
+  assert parts.upload_bits == 2560 * 2 + 64 == parts.latency.update_bits
   plan = parts.planner.plan_round()
   up = parts.traces.up_kbps[plan.clients] * 1000.0
   np.testing.assert_allclose(plan.finish - plan.compute_end, parts.upload_bits / up, rtol=1e-9)

@@ -165,6 +165,24 @@ def test_block_rotation_pads_to_blocks_and_stays_unbiased():
     encoders.stochastic_quantizer(2, rotate=True, block=48)
 
 
+def test_rotation_takes_the_largest_block_that_pads_little():
+  """The default blocks: 610 numbers (logistic regression 60 -> 10) are 3 blocks of 256, not one
+  of 1,024 (25% fewer bits); 299,018 stay 74 blocks of 4,096 (1.3% longer than blocks of 256)."""
+  enc = encoders.stochastic_quantizer(4, rotate=True)
+  assert enc.num_bits(610) == 768 * 4 + 64
+  assert enc.num_bits(299_018) == 74 * 4096 * 4 + 64
+  assert enc.num_bits(5000) == 5 * 1024 * 4 + 64  # 8,192 in blocks of 4,096; 5,120 in 1,024
+  assert enc.num_bits(300) == 512 * 4 + 64  # blocks of 256 pad as much: the larger block
+  assert enc.encode(_x(610), jax.random.key(0))["q"].size == 768
+  for d in range(1, 20_000, 37):
+    blocks, m = encoders._rotation_shape(d, encoders.ROTATION_BLOCK)
+    assert m & (m - 1) == 0 and blocks * m >= d > (blocks - 1) * m
+    top = min(encoders._pow2(d), encoders.ROTATION_BLOCK)
+    padded = {k: -(-d // k) * k for k in (2**i for i in range(14)) if min(top, encoders.MIN_BLOCK) <= k <= top}
+    within = [k for k, n in padded.items() if n <= (1 + encoders.PADDING_SLACK) * min(padded.values())]
+    assert m == max(within)
+
+
 def test_hadamard_on_blocks_and_lengths_of_every_radix_remainder():
   for n in (2, 8, 32, 64, 512):
     h = np.array([[1.0]])

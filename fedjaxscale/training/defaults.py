@@ -92,7 +92,7 @@ def get_base() -> ml_collections.ConfigDict:
   c.compression.encoder = "none"  # 'none' (float32), 'quantize' (stochastic, bits) or 'topk'
   c.compression.bits = 8  # quantize: bits per number, 1..32 (32: float32)
   c.compression.rotate = False  # quantize: random Hadamard rotation first (Suresh et al. 2017)
-  c.compression.rotation_block = 4096  # rotate: updates longer than this (a power of 2) are rotated in blocks of it
+  c.compression.rotation_block = 4096  # rotate: the largest block (a power of 2); shorter ones where they cut padding
   c.compression.topk = 0  # topk: entries kept, 1..the update's size
   c.compression.error_feedback = False  # keep each client's encoding residual in the client-state store (EF)
 
