@@ -239,3 +239,25 @@ def test_a_cohort_too_large_to_build_is_refused_with_numbers(monkeypatch):
   # The longest client has 100 steps; lanes are the coarse bucket above it, 128.
   with pytest.raises(ValueError, match=r"3 lanes x 128 steps x batch 4 = 1,536 example slots.*for 416 real.*pack=True"):
     make_cohort(data, batch_size=4, local_epochs=1, pack=False)
+
+
+@pytest.mark.parametrize(
+  "kwargs, packed",
+  [
+    (dict(local_steps=3), False),  # lanes of their own
+    (dict(local_epochs=1.0, pack=False), False),  # of their own, one epoch, ragged
+    (dict(local_epochs=2.5, pack=False), False),  # of their own, several epochs
+    (dict(local_epochs=1.0), True),  # short clients end to end
+  ],
+)
+def test_built_parts_know_whether_they_are_packed(kwargs, packed):
+  """The builder records ``packed`` for lanes of their own; it is what the owners say, and the
+  cohort still passes the owner check it would fail if two clients shared a run."""
+  rng = np.random.default_rng(3)
+  clients = [{"x": np.zeros((int(n), 2), np.float32)} for n in rng.integers(3, 40, 17)]
+  cohort = make_cohort(clients, 4, seed=1, **kwargs)
+  for part in cohort.parts:
+    o = part.owner
+    assert part.packed == bool(((o[:, 1:] != o[:, :-1]) & (o[:, 1:] != -1)).any())
+  Cohort(cohort.parts, cohort.client_ids, cohort.num_examples, cohort.weights)  # validates again
+  assert any(p.packed for p in cohort.parts) == packed

@@ -11,7 +11,6 @@ Arrays here are NumPy, on the host: the engine owns every transfer to the device
 """
 
 import dataclasses
-import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -72,12 +71,25 @@ class CohortPart:
   def batch_size(self) -> int:
     return int(self.mask.shape[2])
 
-  @functools.cached_property
+  @property
   def packed(self) -> bool:
-    """True when some lane holds more than one client (a client then idle steps is not packed)."""
-    o = self.owner
-    changes = (o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)
-    return bool(np.any(changes))
+    """True when some lane holds more than one client (a client then idle steps is not packed).
+
+    Computed once and kept on the part (not a ``functools.cached_property``: on Python 3.11 its
+    lock costs more than the computation, on the per-round host path); a builder that knows the
+    answer records it with ``known_packed``."""
+    packed = self.__dict__.get("_packed")
+    if packed is None:
+      o = self.owner
+      packed = bool(((o[:, 1:] != o[:, :-1]) & (o[:, 1:] != IDLE)).any())
+      object.__setattr__(self, "_packed", packed)
+    return packed
+
+  def known_packed(self, packed: bool) -> "CohortPart":
+    """Records ``packed`` as known by construction (each client in a lane of its own from the
+    lane's first step: False); returns the part."""
+    object.__setattr__(self, "_packed", bool(packed))
+    return self
 
   def run_starts(self) -> np.ndarray:
     """bool ``[lanes, steps]``: a lane's first step, or a step whose owner differs from the last."""
@@ -141,12 +153,13 @@ class Cohort:
     seen = np.zeros(n, np.int64)
     for p in self.parts:
       o = p.owner
-      real = o != IDLE
-      owners = o[real]
+      # The owner of every run of steps: a step that starts no run has its predecessor's owner,
+      # so checking the runs' owners checks every step's.
+      owners = o[p.run_starts() & (o != IDLE)]
       if len(owners) and (owners.min() < 0 or owners.max() >= n):
         raise ValueError(f"cohort part names client positions outside 0..{n - 1}")
-      seen += np.bincount(o[p.run_starts() & real], minlength=n)
-    if not np.all(seen == 1):
+      seen += np.bincount(owners, minlength=n)
+    if not (seen == 1).all():
       bad = np.flatnonzero(seen != 1)[:5].tolist()
       raise ValueError(f"every client must own exactly one run of steps in one lane; positions {bad} do not")
 

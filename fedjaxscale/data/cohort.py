@@ -423,7 +423,7 @@ def _part(
   own_lanes = not offset.any() and np.array_equal(lane, np.arange(n_clients))
   j = np.arange(batch_size, dtype=np.int64)
   if own_lanes:  # [clients, lane_steps, batch]
-    client = np.arange(n_clients)
+    client = None  # every client's arrays index as they are
     local = np.arange(lane_steps, dtype=np.int64)[None, :, None]
     per = (slice(None), None, None)
     j = j[None, None, :]
@@ -432,19 +432,34 @@ def _part(
     local = (np.arange(len(client)) - np.repeat(np.cumsum(slots) - slots, slots))[:, None]
     per = (slice(None), None)
     j = j[None, :]
-  w = width[client][per]
+
+  def of_client(x):  # a per-client array broadcast against ``local``
+    return (x if client is None else x[client])[per]
+
+  w = of_client(width)
   pos = local * w + j  # position in the client's example stream
-  real = (j < w) & (pos < total[client][per]) & (local < steps[client][per])
+  real = (pos < of_client(total)) & (local < of_client(steps))
+  if not (width == batch_size).all():  # (local_epochs: every step is a whole batch wide)
+    real &= j < w
   pos = np.where(real, pos, 0)
-  n = sizes[client][per]
-  epoch, within = pos // n, pos % n
+  # One epoch at most (local_epochs <= 1, or few local steps): the position is the stream's own.
+  single_epoch = bool((total <= sizes).all())
+  if single_epoch:
+    epoch, within = 0, pos
+  else:
+    epoch, within = np.divmod(pos, of_client(sizes))
   if shuffle:
     epochs = np.maximum(-(-total // sizes), 1)
     seg_len = np.repeat(sizes, epochs)
-    seg_start = np.concatenate([[0], np.cumsum(seg_len)[:-1]])
+    seg_start = np.zeros(len(seg_len), np.int64)
+    np.cumsum(seg_len[:-1], out=seg_start[1:])
     local_perm = _segment_permutations(seg_len, seg_start, rng)
-    client_seg0 = np.concatenate([[0], np.cumsum(epochs)[:-1]])
-    seg = client_seg0[client][per] + np.minimum(epoch, epochs[client][per] - 1)
+    if single_epoch:  # a segment per client
+      seg = of_client(np.arange(n_clients))
+    else:
+      client_seg0 = np.zeros(n_clients, np.int64)
+      np.cumsum(epochs[:-1], out=client_seg0[1:])
+      seg = of_client(client_seg0) + np.minimum(epoch, of_client(epochs) - 1)
     within = local_perm[seg_start[seg] + within]
   # Idle slots (masked) read the cohort's first example, the same row whichever source it came from.
   rows = np.full((num_lanes, lane_steps, batch_size), starts[0], np.int64)
@@ -454,13 +469,14 @@ def _part(
     used = local < slots[:, None, None]  # a client's slots; the rest of its lane is idle
     rows[:n_clients] = np.where(used, starts[:, None, None] + within, starts[0])
     mask[:n_clients] = real
-    owner[:n_clients] = np.where(used[:, :, 0], client[:, None], IDLE)
+    owner[:n_clients] = np.where(used[:, :, 0], np.arange(n_clients)[:, None], IDLE)
   else:
     where = (lane[client], offset[client] + local[:, 0])
     rows[where] = starts[client][:, None] + within
     mask[where] = real
     owner[where] = client
-  return CohortPart(rows=rows, features=features, mask=mask, owner=owner)
+  part = CohortPart(rows=rows, features=features, mask=mask, owner=owner)
+  return part.known_packed(False) if own_lanes else part
 
 
 def _segment_permutations(seg_len: np.ndarray, seg_start: np.ndarray, rng) -> np.ndarray:

@@ -77,12 +77,13 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     for part in cohort.parts:
       lanes = host_lanes(part, cohort)
       features = self._features(part.features)
-      limit = self._chunk_limit(program, shared, lanes, features, rng)
+      args = self._argument_signature(shared, rng)
+      limit = self._chunk_limit(program, shared, lanes, features, rng, args)
       start = 0
       for size in chunk_sizes(part.num_lanes, self.client_multiple, limit):
         chunk = pad_lanes(slice_lanes(lanes, start, min(start + size, part.num_lanes)), size)
         start += size
-        key = self._signature(program, shared, chunk, features, rng)
+        key = self._signature(program, shared, chunk, features, rng, args=args)
         with self._lock:
           entry = self._programs.get(key)
         data = self._put_sharded(chunk, features)
@@ -136,18 +137,25 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
       return tuple(put_host((lanes.rows.astype(np.int32),) + small, sharding))
     return (put_rows(features, lanes.rows, sharding),) + tuple(put_host(small, sharding))
 
-  def _signature(self, program, shared, lanes: HostLanes, features, rng, num_lanes: int | None = None):
+  @staticmethod
+  def _argument_signature(shared, rng) -> tuple:
+    """The part of a signature that ``shared`` and ``rng`` make (computed once a round)."""
+    return jax.tree.structure(shared), tuple((x.shape, x.dtype) for x in jax.tree.leaves((shared, rng)))
+
+  def _signature(
+    self, program, shared, lanes: HostLanes, features, rng, num_lanes: int | None = None, args: tuple | None = None
+  ):
     """What a compiled program is cached under; ``num_lanes`` stands for the lanes' own count
-    (the key of ``lanes`` padded or cut to that many, without building them)."""
+    (the key of ``lanes`` padded or cut to that many, without building them); ``args``:
+    ``_argument_signature(shared, rng)`` when already computed."""
     lead = lanes.mask.shape[0] if num_lanes is None else num_lanes
-    abstract = tuple((x.shape, x.dtype) for x in jax.tree.leaves((shared, rng))) + tuple(
-      None if x is None else ((lead,) + x.shape[1:], x.dtype) for x in lanes
-    )
+    structure, leaves = self._argument_signature(shared, rng) if args is None else args
+    abstract = leaves + tuple(None if x is None else ((lead,) + x.shape[1:], x.dtype) for x in lanes)
     if isinstance(features, Resident):
       specs = ("resident",) + tuple((k, x.shape, x.dtype) for k, x in sorted(features.arrays.items()))
     else:
       specs = feature_specs(features)
-    return (program, jax.tree.structure(shared), abstract, specs)
+    return (program, structure, abstract, specs)
 
   # -- compiling and choosing -----------------------------------------------------------------
 
@@ -276,15 +284,17 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
 
   # -- chunk size -----------------------------------------------------------------------------
 
-  def _chunk_limit(self, program, shared, lanes: HostLanes, features, rng) -> int | None:
+  def _chunk_limit(self, program, shared, lanes: HostLanes, features, rng, args: tuple | None = None) -> int | None:
     """Lanes per chunk: the user's bound, else what fits the memory budget (and the CPU cap)."""
     if self.max_clients_per_chunk is not None:
       return self.max_clients_per_chunk
     cap = CPU_LANES_PER_DEVICE * self.client_multiple if jax.default_backend() == "cpu" else None
-    limit = self._memory_limit(program, shared, lanes, features, rng, cap)
+    limit = self._memory_limit(program, shared, lanes, features, rng, cap, args)
     return cap if limit is None else limit
 
-  def _memory_limit(self, program, shared, lanes: HostLanes, features, rng, cap: int | None) -> int | None:
+  def _memory_limit(
+    self, program, shared, lanes: HostLanes, features, rng, cap: int | None, args: tuple | None = None
+  ) -> int | None:
     """The lanes that fit the memory budget, from XLA's analysis of a probe chunk (None: all).
 
     The probe is compiled with the strategy that will run when that is known (explicit, or a timed
@@ -294,7 +304,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     """
     num_lanes = lanes.mask.shape[0]
     probe_size = chunk_sizes(num_lanes, self.client_multiple, cap)[0]
-    key = self._signature(program, shared, lanes, features, rng, num_lanes=probe_size)
+    key = self._signature(program, shared, lanes, features, rng, num_lanes=probe_size, args=args)
     if key in self._chunk_limits:
       return self._chunk_limits[key]
     probe = pad_lanes(slice_lanes(lanes, 0, min(num_lanes, probe_size)), probe_size)

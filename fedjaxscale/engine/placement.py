@@ -2,6 +2,7 @@
 the memory budget."""
 
 import contextlib
+import functools
 import os
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -96,14 +97,27 @@ def replicated_arguments(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   """
   if jax.process_count() > 1:
     return place_replicated(tree, mesh)
-  sharding = NamedSharding(mesh, P())
+  sharding = replicated_sharding(mesh)
 
   def argument(x):
-    if isinstance(x, jax.Array) and (not x.committed or x.sharding.is_equivalent_to(sharding, x.ndim)):
+    if isinstance(x, jax.Array) and (not x.committed or _equivalent(x.sharding, sharding, x.ndim)):
       return x
     return place_replicated(x, mesh)
 
   return jax.tree.map(argument, tree)
+
+
+@functools.lru_cache(maxsize=256)
+def _equivalent(a: jax.sharding.Sharding, b: jax.sharding.Sharding, ndim: int) -> bool:
+  """``a.is_equivalent_to(b, ndim)``, remembered: every round passes arrays of the same few
+  shardings, and the test costs more than a round's other argument handling."""
+  return a.is_equivalent_to(b, ndim)
+
+
+@functools.lru_cache(maxsize=16)
+def replicated_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """``NamedSharding(mesh, P())``, made once per mesh."""
+  return NamedSharding(mesh, P())
 
 
 def put_rows(features: Mapping[str, np.ndarray], rows: np.ndarray, sharding: jax.sharding.Sharding) -> dict:
