@@ -263,3 +263,27 @@ def test_loop_backend_pads_packed_clients_to_their_own_bucket():
   lane_steps = cohort.parts[0].num_steps
   assert engine.stats.computed_example_steps < len(clients()) * lane_steps * BATCH
   assert engine.stats.padding_efficiency > 0.9
+
+
+def test_a_cohort_size_that_repeats_runs_without_bucket_padding():
+  """The first cohort of a program runs as its own lane count (100, not its bucket 104); a later
+  cohort reuses a lane count already run that holds it within its bucket, else pads to the bucket;
+  a size seen before compiles nothing; results equal a run that pads every cohort (chunks of 8)."""
+  model = models.logistic_regression(6, 3)
+  pool = clients(sizes=[6] * 100, seed=4)
+  engine = Engine(strategy="vmap")
+  alg = algorithms.fedavg(model, optax.sgd(0.1), engine=engine)
+  state = alg.init(model.init(jax.random.key(0)))
+  slots = []
+  for n, seed in ((100, 0), (90, 1), (95, 2), (100, 3)):
+    before = engine.stats.computed_example_steps
+    cohort = make_cohort(pool[:n], BATCH, local_steps=2, seed=seed)
+    state, diagnostics = alg.apply(state, cohort, jax.random.key(seed))
+    slots.append((engine.stats.computed_example_steps - before) // (2 * BATCH))
+  assert slots == [100, 96, 96, 100]  # 90 pads to its bucket, 96; 95 reuses 96
+  assert engine.stats.compiles == 2
+  padded = algorithms.fedavg(model, optax.sgd(0.1), engine=Engine(strategy="vmap", max_clients_per_chunk=8))
+  other = padded.init(model.init(jax.random.key(0)))
+  for n, seed in ((100, 0), (90, 1), (95, 2), (100, 3)):
+    other, _ = padded.apply(other, make_cohort(pool[:n], BATCH, local_steps=2, seed=seed), jax.random.key(seed))
+  assert_trees_close(state.params, other.params, 1e-5)

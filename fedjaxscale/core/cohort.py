@@ -172,7 +172,8 @@ class Cohort:
     return int(sum(np.count_nonzero(p.mask) for p in self.parts))  # (bool .sum() is ~10x slower)
 
   def computed_example_steps(self, lane_multiple: int = 1, max_lanes_per_chunk: int | None = None) -> int:
-    """Example slots the engine computes once each part's lanes are padded to their bucket."""
+    """Example slots the engine computes once each part's lanes are padded to their bucket (an
+    upper bound: a part the engine runs as one chunk may run with fewer lanes, at most its bucket)."""
     return sum(
       padded_num_lanes(p.num_lanes, lane_multiple, max_lanes_per_chunk) * p.num_steps * p.batch_size for p in self.parts
     )

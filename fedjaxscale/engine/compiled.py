@@ -70,6 +70,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     self._candidates: dict = {}  # (signature, strategy) -> Compiled, while a shape is being tuned
     self._chunk_limits: dict = {}
     self._rounds_programs: dict = {}  # (signature, rounds, server update, shared_of) -> ``RoundsRunner``'s program
+    self._one_chunk_sizes: dict = {}  # signature without the lane count -> lane counts run as one chunk
     self._lock = threading.Lock()
 
   def run(self, program, shared, cohort, rng):
@@ -80,7 +81,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
       args = self._argument_signature(shared, rng)
       limit = self._chunk_limit(program, shared, lanes, features, rng, args)
       start = 0
-      for size in chunk_sizes(part.num_lanes, self.client_multiple, limit):
+      for size in self._chunk_sizes(program, shared, lanes, features, rng, limit, args):
         chunk = pad_lanes(slice_lanes(lanes, start, min(start + size, part.num_lanes)), size)
         start += size
         key = self._signature(program, shared, chunk, features, rng, args=args)
@@ -284,6 +285,33 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
 
   # -- chunk size -----------------------------------------------------------------------------
 
+  def _chunk_sizes(self, program, shared, lanes: HostLanes, features, rng, limit, args) -> list[int]:
+    """The lane counts of a part's chunks: ``chunk_sizes``, except that a part run as one chunk
+    may skip its bucket's padding (``_one_chunk_size``)."""
+    sizes = chunk_sizes(lanes.num_lanes, self.client_multiple, limit)
+    if len(sizes) != 1:
+      return sizes
+    family = self._signature(program, shared, lanes, features, rng, num_lanes=0, args=args)
+    return [self._one_chunk_size(family, lanes.num_lanes, sizes[0])]
+
+  def _one_chunk_size(self, family, num_lanes: int, bucket: int) -> int:
+    """The lanes a part of ``num_lanes`` lanes runs as, when it fits one chunk.
+
+    Buckets (at most an eighth of padding) keep cohorts of varying sizes to a few compiled shapes;
+    but a loop whose cohorts all have the same size, the common case (K clients a round), would pay
+    the padding every round: 100 lanes run as 104. So the first part of a program family (its
+    signature but for the lane count) runs as it is, rounded up to the devices only; a later part
+    runs as the smallest lane count already run that holds it and is at most its bucket, else as its
+    bucket. A family compiles at most one shape beyond its buckets.
+    """
+    exact = -(-num_lanes // self.client_multiple) * self.client_multiple
+    with self._lock:
+      known = self._one_chunk_sizes.setdefault(family, set())
+      fits = [s for s in known if exact <= s <= bucket]
+      size = min(fits) if fits else (exact if not known else bucket)
+      known.add(size)
+    return size
+
   def _chunk_limit(self, program, shared, lanes: HostLanes, features, rng, args: tuple | None = None) -> int | None:
     """Lanes per chunk: the user's bound, else what fits the memory budget (and the CPU cap)."""
     if self.max_clients_per_chunk is not None:
@@ -303,7 +331,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     when that fits, so its compilation is the one that runs, or one of the candidates'.
     """
     num_lanes = lanes.mask.shape[0]
-    probe_size = chunk_sizes(num_lanes, self.client_multiple, cap)[0]
+    probe_size = self._chunk_sizes(program, shared, lanes, features, rng, cap, args)[0]
     key = self._signature(program, shared, lanes, features, rng, num_lanes=probe_size, args=args)
     if key in self._chunk_limits:
       return self._chunk_limits[key]

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fedjaxscale.core.cohort import Cohort, chunk_sizes
+from fedjaxscale.core.cohort import Cohort
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes
 from fedjaxscale.engine.placement import (
   CLIENTS,
@@ -106,7 +106,7 @@ class RoundsRunner:
     features = sources[0]
     shared = shared_of(state)
     limit = self._chunk_limit(program, shared, lanes[0], features, rngs[0])
-    sizes = chunk_sizes(lanes[0].num_lanes, self.client_multiple, limit)
+    sizes = self._chunk_sizes(program, shared, lanes[0], features, rngs[0], limit, None)
     if len(sizes) != 1:  # a round of several chunks: one at a time
       return None
     lanes = [pad_lanes(x, sizes[0]) for x in lanes]
