@@ -240,63 +240,76 @@ def logreg_setup(tmp):
   return train, model, hand
 
 
+def logreg_spells(alg, train, model, hand, k: int, block: int) -> dict:
+  """The logistic-regression contenders at cohort ``k``, each ``spell(n)`` running ``n`` more rounds
+  from where its last spell left, a new cohort drawn every round:
+
+  - ``"apply"``: ``gather_cohort`` + ``alg.apply``, a round a call;
+  - ``"apply_rounds"``: ``block`` cohorts gathered, then one ``alg.apply_rounds`` call (``n // block``
+    calls a spell);
+  - ``"hand"``: the hand-written program (``logreg_setup``), a round a call.
+
+  ``apply`` and the hand-written program draw the same clients round by round.
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from fedjaxscale.data import gather_cohort
+
+  key = jax.random.key(1)  # every round's key, made once (the hand-written program has none)
+  keys = jnp.stack([key] * block)  # (stacked once, not by every apply_rounds call)
+  rngs = {"apply": np.random.default_rng(0), "hand": np.random.default_rng(0), "apply_rounds": np.random.default_rng(1)}
+  state = alg.init(model.init(jax.random.key(0)))
+  box = {"apply": state, "apply_rounds": state, "hand": model.init(jax.random.key(0))}
+
+  def cohort(name):
+    members = rngs[name].choice(1000, k, replace=False)
+    return gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0]))
+
+  def apply_spell(n):
+    state = box["apply"]
+    for _ in range(n):
+      state, _ = alg.apply(state, cohort("apply"), key)
+    box["apply"] = jax.block_until_ready(state)
+
+  def rounds_spell(n):
+    state = box["apply_rounds"]
+    for _ in range(n // block):
+      state, _ = alg.apply_rounds(state, [cohort("apply_rounds") for _ in range(block)], keys)
+    box["apply_rounds"] = jax.block_until_ready(state)
+
+  def hand_spell(n):
+    params = box["hand"]
+    for _ in range(n):
+      params = hand(params, rngs["hand"].choice(1000, k, replace=False))
+    box["hand"] = jax.block_until_ready(params)
+
+  return {"apply": apply_spell, "apply_rounds": rounds_spell, "hand": hand_spell}
+
+
 def fjs_logreg(cohorts, rounds, tmp, reps=5):
   """Clients/s of the API, of ``apply_rounds`` and of the hand-written program, ``reps`` spells of
-  ``rounds`` rounds each (a multiple of ``ROUNDS_PER_CALL``, or less than it), taking turns (a burst of load then hits both alike): the best spell and the
-  median of each."""
-  import jax
+  ``rounds`` rounds each (a multiple of ``ROUNDS_PER_CALL``, or less than it), taking turns
+  (a burst of load then hits all alike): the best spell and the median of each."""
   import numpy as np
   import optax
 
   from fedjaxscale import algorithms
-  from fedjaxscale.data import gather_cohort
 
   train, model, hand = logreg_setup(tmp)
 
   out = {}
   for cohort_size in cohorts:
     alg = algorithms.fedavg(model, optax.sgd(0.1))
-    rng, hrng = np.random.default_rng(0), np.random.default_rng(0)
-    key = jax.random.key(1)  # every round's key, made once (the hand-written program has none)
-    box = {"state": alg.init(model.init(jax.random.key(0))), "params": model.init(jax.random.key(0))}
-
-    def api_spell(n):
-      state = box["state"]
-      for _ in range(n):
-        members = rng.choice(1000, cohort_size, replace=False)
-        cohort = gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0]))
-        state, _ = alg.apply(state, cohort, key)
-      jax.block_until_ready(state.params)
-      box["state"] = state
-
-    def hand_spell(n):
-      params = box["params"]
-      for _ in range(n):
-        params = hand(params, hrng.choice(1000, cohort_size, replace=False))
-      jax.block_until_ready(params)
-      box["params"] = params
-
     block = min(ROUNDS_PER_CALL, rounds)  # a spell is whole blocks, gathered one block ahead
-    keys = [key] * block
-
-    def rounds_spell(n):  # apply_rounds: `block` cohorts gathered, then one call
-      state = box["rounds"]
-      for _ in range(n // block):
-        cohorts = []
-        for _ in range(block):
-          members = rrng.choice(1000, cohort_size, replace=False)
-          cohorts.append(gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0])))
-        state, _ = alg.apply_rounds(state, cohorts, keys)
-      jax.block_until_ready(state.params)
-      box["rounds"] = state
-
-    # Warm-up: two API rounds (the second compiles again: the server state's round counter
-    # becomes a device array after the first update), one hand-written round, one block of rounds.
+    spells = logreg_spells(alg, train, model, hand, cohort_size, block)
+    api_spell, hand_spell, rounds_spell = spells["apply"], spells["hand"], spells["apply_rounds"]
+    # Warm-up: two calls of each (the second compiles again: the server state's round counter
+    # becomes a device array after the first update).
     api_spell(2)
-    hand_spell(1)
-    box["rounds"] = box["state"]
-    rrng = np.random.default_rng(1)
-    rounds_spell(block)
+    hand_spell(2)
+    rounds_spell(2 * block)
     rates = {"api": [], "hand": [], "rounds": []}
     # A spell of apply_rounds is several blocks (at least 5): the host gathers block b + 1 while the
     # devices train block b, as `apply` gathers round r + 1 while round r trains.

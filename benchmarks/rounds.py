@@ -30,7 +30,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -38,7 +37,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import peers
 
 from fedjaxscale import algorithms
-from fedjaxscale.data import gather_cohort
 
 
 def measure(cohorts, block, spells, rounds, tmp):
@@ -47,38 +45,7 @@ def measure(cohorts, block, spells, rounds, tmp):
   rows = []
   for k in cohorts:
     alg = algorithms.fedavg(model, optax.sgd(0.1))
-    rng = np.random.default_rng(0)
-    key = jax.random.key(1)
-    keys = jnp.stack([key] * block)
-    box = {"api": alg.init(model.init(jax.random.key(0))), "hand": model.init(jax.random.key(0))}
-    box["rounds"] = box["api"]
-
-    def cohort():
-      members = rng.choice(1000, k, replace=False)
-      return gather_cohort(train, members, 10, local_epochs=1.0, seed=int(members[0]))
-
-    def api(n):
-      state = box["api"]
-      for _ in range(n):
-        state, _ = alg.apply(state, cohort(), key)
-      jax.block_until_ready(state.params)
-      box["api"] = state
-
-    def api_rounds(n):
-      state = box["rounds"]
-      for _ in range(n // block):
-        state, _ = alg.apply_rounds(state, [cohort() for _ in range(block)], keys)
-      jax.block_until_ready(state.params)
-      box["rounds"] = state
-
-    def hand_rounds(n):
-      params = box["hand"]
-      for _ in range(n):
-        params = hand(params, rng.choice(1000, k, replace=False))
-      jax.block_until_ready(params)
-      box["hand"] = params
-
-    contenders = {"apply": api, "apply_rounds": api_rounds, "hand": hand_rounds}
+    contenders = peers.logreg_spells(alg, train, model, hand, k, block)
     for run in contenders.values():  # warm-up: compiles
       run(2 * block)
     ms = {name: [] for name in contenders}
