@@ -26,6 +26,7 @@ from fedjaxscale.engine.placement import (
   feature_specs,
   put_host,
   put_rows,
+  replicated_sharding,
   replicated_specs,
 )
 from fedjaxscale.engine.program import Aggregate, accumulate, client_key, run_client, weigh, when, zero_aggregate
@@ -188,7 +189,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     compiled = traced.lower().compile()
     # The accumulator's zeros are made on the devices by a program of their own: no per-round
     # tracing, no host-to-device transfer.
-    replicated = NamedSharding(self.mesh, P())
+    replicated = replicated_sharding(self.mesh)
     zeros = jax.jit(lambda: jax.tree.map(jnp.zeros_like, acc), out_shardings=replicated).lower().compile()
     self.stats.compiles += 1
     self.lane_shapes.add(tuple(lanes.mask.shape[:2]))
@@ -198,7 +199,7 @@ class CompiledRounds(StrategyChooser, RoundsRunner):
     """``(shared, rng, device_features, accumulator)`` as replicated ``ShapeDtypeStruct``s: a
     round's program is compiled for replicated inputs whether or not they are placed yet
     (``replicated_arguments``)."""
-    replicated = NamedSharding(self.mesh, P())
+    replicated = replicated_sharding(self.mesh)
     shared, rng = replicated_specs((shared, rng), self.mesh)
     device_features = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), self._device_features(features)

@@ -160,7 +160,7 @@ def feature_specs(features) -> tuple:
 def replicated_specs(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
   """``tree``'s leaves as ``ShapeDtypeStruct``s replicated over ``mesh`` (weak types kept): what a
   program is compiled for, whether or not the arrays are placed yet (``replicated_arguments``)."""
-  replicated = NamedSharding(mesh, P())
+  replicated = replicated_sharding(mesh)
   return jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated, weak_type=getattr(x, "weak_type", False)),
     tree,

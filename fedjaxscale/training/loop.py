@@ -259,9 +259,8 @@ def sync_round(run, apply):
     the algorithm's diagnostics (None when nobody finished), the plan and the clients trained.
   """
   plan, members, max_steps, record = plan_round(run)
-  if not len(members):  # nobody finished: the clock moved, the model did not
-    run.state = run.state._replace(round=run.state.round + 1)
-    run.p.planner.report(plan, np.zeros(0))
+  if not len(members):
+    skip_round(run, plan)
     return record, None, plan, members
   tic = time.perf_counter()
   cohort = round_cohort(run, members, max_steps=max_steps)
@@ -269,6 +268,12 @@ def sync_round(run, apply):
   run.state, diagnostics = apply(run.state, cohort, members, jax.random.fold_in(run.key, run.round))
   finish_round(run, record, diagnostics, plan, members, tic)
   return record, diagnostics, plan, members
+
+
+def skip_round(run, plan) -> None:
+  """A round in which nobody finished: the clock moved, the model did not."""
+  run.state = run.state._replace(round=run.state.round + 1)
+  run.p.planner.report(plan, np.zeros(0))
 
 
 def plan_round(run):
@@ -530,7 +535,7 @@ class _Run:
 
     Returns ``[(record, durations, timings)]``, each round's share of the block's timings.
     """
-    p, base = self.p, self.round
+    base = self.round
     rounds = []
     for i in range(n):
       self.round = base + i  # round_cohort seeds the round's shuffling from it
@@ -545,9 +550,8 @@ class _Run:
     tic = time.perf_counter()
     i = 0
     while i < n:
-      if rounds[i].cohort is None:  # nobody finished: the clock moved, the model did not
-        self.state = self.state._replace(round=self.state.round + 1)
-        p.planner.report(rounds[i].plan, np.zeros(0))
+      if rounds[i].cohort is None:  # nobody finished
+        skip_round(self, rounds[i].plan)
         i += 1
         continue
       j = next((t for t in range(i, n) if rounds[t].cohort is None), n)  # a run of trained rounds
