@@ -234,10 +234,11 @@ class Availability:
     for g, period in enumerate(periods):
       mine = group[row_of] == g
       norm = np.mod(times, period)
-      for edges, side, sign in ((self.starts, "right", 1), (self.ends, "left", -1)):
-        order = np.argsort(edges[mine], kind="stable")
-        weight = np.concatenate([[0], np.cumsum(members[row_of[mine]][order])])
-        counts += sign * weight[np.searchsorted(edges[mine][order].astype(np.float64), norm, side=side)]
+      weights = members[row_of[mine]]  # each interval counts once per member of its row
+      for edges, side, sign in ((self.starts[mine], "right", 1), (self.ends[mine], "left", -1)):
+        order = np.argsort(edges, kind="stable")
+        weight = np.concatenate([[0], np.cumsum(weights[order])])
+        counts += sign * weight[np.searchsorted(edges[order].astype(np.float64), norm, side=side)]
     return counts
 
   # ---------------------------------------------------------------- internals
