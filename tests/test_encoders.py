@@ -129,14 +129,22 @@ def test_top_k_breaks_ties_by_index_and_keeps_exactly_k():
   assert int(jnp.count_nonzero(enc.roundtrip(jnp.zeros(9), None))) == 0  # all ties at 0: k zeros are "kept"
 
 
-@pytest.mark.parametrize("d,k", [(1, 1), (7, 7), (610, 61), (610, 609), (1000, 1), (4099, 400)])
+@pytest.mark.parametrize(
+  "d,k", [(1, 1), (7, 7), (8, 3), (610, 61), (610, 609), (1000, 1), (1023, 1022), (4099, 400), (40_000, 3_001)]
+)
 def test_top_k_mask_matches_a_stable_sort(d, k):
-  """The two binary searches against NumPy: largest magnitudes first, ties by lowest index."""
+  """The counting searches against NumPy: largest magnitudes first, ties by lowest index. The
+  sizes cover three counts to a reduction (d < 1,024), two (d < 32,768) and one, and k = 1 (the
+  search's one-entry-away finish from the start)."""
   rng = np.random.default_rng(d)
-  x = rng.normal(size=(4, d)).astype(np.float32)
+  x = rng.normal(size=(7, d)).astype(np.float32)
   x[1] = np.round(x[1])  # many ties, at the threshold too
   x[2, : d // 2] = 0.0
   x[3] = -np.abs(x[3])
+  x[4] = rng.standard_cauchy(d)  # heavy tails: a wide bracket
+  x[5] = 0.0  # every entry tied
+  x[6, ::3] = np.inf  # infinities, and NaNs, which rank with them
+  x[6, 1::5] = np.nan
 
   def mask_of(v):
     return encoders._top_k_mask(v, k)
@@ -146,7 +154,8 @@ def test_top_k_mask_matches_a_stable_sort(d, k):
   got = np.asarray(jax.jit(jax.vmap(mask_of))(jnp.asarray(x)))
   for row, mask in zip(x, got):
     want = np.zeros(d, bool)
-    want[np.argsort(-np.abs(row), kind="stable")[:k]] = True
+    magnitude = np.where(np.isnan(row), np.inf, np.abs(row))
+    want[np.argsort(-magnitude, kind="stable")[:k]] = True
     np.testing.assert_array_equal(mask, want)
     np.testing.assert_array_equal(np.asarray(jax.jit(mask_of)(jnp.asarray(row))), want)
 
