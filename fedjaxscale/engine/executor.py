@@ -129,7 +129,9 @@ class Engine:
       (``strategies.candidates``: convolution variants only for programs that convolve) on the
       first chunk of every new shape, keeps the fastest with the compiled program and records
       the choice in ``strategy_choices``; a shape that differs from a timed one only in its
-      lane count reuses that winner (each candidate is a compile). All strategies give the same results to float
+      lane count reuses that winner (each candidate is a compile). The client-state path
+      (``engine/state.py``) times ``vmap`` against ``map:4`` on CPU for one client a lane, and
+      runs packed lanes ``map`` (each client finished once). All strategies give the same results to float
       rounding, not bit for bit, and timing can choose differently from one run to the next:
       name a strategy where runs must agree to the last bit. An unknown value raises
       ``ValueError`` naming it.
@@ -180,7 +182,7 @@ class Engine:
   @property
   def strategy_choices(self) -> list[dict]:
     """One plain dict per compiled shape: ``shape`` (lanes, steps, batch, packed, devices,
-    resident), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
+    resident; ``state: True`` for a client-state program), ``candidates`` (strategy -> seconds for one chunk; empty when the strategy was
     given or only one candidate applies) and ``chosen``; ``timed_at``, the shape whose timing
     chose it, when another lane count of the same program was timed. Empty for the per-client
     backends."""

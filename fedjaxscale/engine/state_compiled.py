@@ -10,6 +10,7 @@ clients whose lanes sit on this process's devices. The helpers shared with the p
 
 import functools
 import threading
+import time
 import weakref
 from typing import Any, NamedTuple
 
@@ -23,10 +24,11 @@ from fedjaxscale.core.buckets import bucket_size
 from fedjaxscale.core.cohort import IDLE, Cohort, chunk_sizes
 from fedjaxscale.core.tree import tree_all_finite, tree_where
 from fedjaxscale.core.types import PyTree
+from fedjaxscale.engine import autotune
 from fedjaxscale.engine.compiled import CPU_LANES_PER_DEVICE, CPU_UNROLL_STEPS
 from fedjaxscale.engine.executor import Engine
 from fedjaxscale.engine.lanes import HostLanes, host_lanes, pad_lanes, slice_lanes
-from fedjaxscale.engine.placement import CLIENTS, put_host, put_rows
+from fedjaxscale.engine.placement import CLIENTS, default_memory_budget, put_host, put_rows
 from fedjaxscale.engine.program import Aggregate, accumulate, client_key, weigh, when
 from fedjaxscale.engine.strategies import Strategy, map_lanes, parse_strategy
 
@@ -47,22 +49,71 @@ def _unroll(engine: Engine, steps: int) -> int | bool:
   return True if jax.default_backend() == "cpu" and steps <= CPU_UNROLL_STEPS else 1
 
 
-def _strategy(engine: Engine, packed: bool) -> Strategy:
-  """How a device maps its lanes: the engine's explicit strategy, else (``"auto"``, not timed
-  for stateful programs yet) on CPU ``map:4`` for one client a lane, which holds 4 lanes'
-  intermediate values at a time (this path has no memory budget yet, and a chunk can hold 1,024
-  lanes a device), and ``map`` for packed lanes, where a lane run alone finishes each client once
-  (under ``map:4`` the finish is a select, computed at every step: 7.6 s against 1.3 s a round for
-  top-k with error feedback on a 299k-parameter MLP, ``benchmarks/privacy.py --workload mlp``);
-  ``vmap`` elsewhere. ``vmap`` is faster for small models: top-k with error feedback on logistic
-  regression at 1,000 clients takes +101% over plain FedAvg pinned to ``vmap``, +162% under
-  ``map:4``."""
+def _fixed_strategy(engine: Engine, packed: bool) -> Strategy | None:
+  """How a device maps its lanes when that is not timed: the engine's explicit strategy; under
+  ``"auto"``, ``vmap`` off the CPU and, on CPU, ``map`` for packed lanes, where a lane run alone
+  finishes each client once (under ``map:4`` or ``vmap`` the finish is a select, computed at every
+  step: 7.6 s against 1.3 s a round for top-k with error feedback on a 299k-parameter MLP,
+  ``benchmarks/privacy.py --workload mlp``). None: time the candidates (``_choose``)."""
   parsed = parse_strategy(getattr(engine, "strategy", "vmap"))
   if parsed is not None:
     return parsed
   if jax.default_backend() != "cpu":
     return Strategy("vmap")
-  return Strategy("map") if packed else Strategy("map", 4)
+  return Strategy("map") if packed else None
+
+
+def _choose(engine: Engine, program, chunk: HostLanes, build, shared, data, rng) -> tuple[Strategy, dict]:
+  """``"auto"`` on CPU for one client a lane: ``vmap`` or ``map:4``, timed on the chunk.
+
+  As the stateless path's tuner (``autotune.StrategyChooser``) does: a shape recorded by an
+  earlier process of the run is adopted; ``vmap`` runs first (twice when its first run is quick,
+  which pays one-off costs) and stays when a chunk takes under ``AUTOTUNE_MIN_SECONDS``; otherwise
+  ``map:4`` (4 lanes' intermediate values at a time) runs too, each twice, interleaved, and
+  replaces ``vmap`` only when ``AUTOTUNE_MARGIN`` faster. A ``vmap`` program over the memory
+  budget (XLA's memory analysis; this path does not cut chunks by it) is not run: ``map:4``.
+  ``build(strategy)`` compiles (or returns) the chunk's program under a strategy.
+
+  Returns:
+    the strategy and its ``strategy_choices`` record (``shape`` has ``"state": True``).
+  """
+  shape = {
+    "lanes": chunk.num_lanes,
+    "steps": int(chunk.mask.shape[1]),
+    "batch": int(chunk.mask.shape[2]),
+    "packed": False,
+    "devices": engine.client_multiple,
+    "resident": False,
+    "state": True,
+  }
+  runner = engine._runner
+  adopted = runner.adopted.get(autotune.shape_key(shape))
+  if adopted is not None:
+    return adopted, {"shape": shape, "candidates": {}, "chosen": str(adopted), "adopted": True}
+  vmap, grouped = Strategy("vmap"), Strategy("map", 4)
+  stats = build(vmap)[0].memory_analysis()
+  used = 0 if stats is None else stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+  budget = engine.memory_budget_bytes or default_memory_budget()
+  if autotune._agreed_max(float(used > budget)) > 0:
+    return grouped, {"shape": shape, "candidates": {}, "chosen": str(grouped), "vmap_bytes": int(used)}
+  seconds = {str(vmap): _time(build(vmap), shared, data, rng)}
+  if autotune._agreed_max(seconds[str(vmap)]) < autotune.AUTOTUNE_RETIME_SECONDS:
+    seconds[str(vmap)] = min(seconds[str(vmap)], _time(build(vmap), shared, data, rng))
+  if autotune._agreed_max(seconds[str(vmap)]) >= autotune.AUTOTUNE_MIN_SECONDS:
+    seconds[str(grouped)] = _time(build(grouped), shared, data, rng)
+    for s in (vmap, grouped):  # a second run of each, interleaved: a burst of load hits both
+      seconds[str(s)] = min(seconds[str(s)], _time(build(s), shared, data, rng))
+  order = [vmap, grouped][: len(seconds)]
+  chosen = order[autotune._agreed_fastest([seconds[str(s)] for s in order])]
+  return chosen, {"shape": shape, "candidates": seconds, "chosen": str(chosen)}
+
+
+def _time(compiled, shared, data, rng) -> float:
+  """Seconds of one run of a chunk (every process makes the same runs: each is a collective)."""
+  step, zeros = compiled
+  t0 = time.perf_counter()
+  jax.block_until_ready(step(zeros(), shared, data, rng))
+  return time.perf_counter() - t0
 
 
 def _put_lanes(lanes: HostLanes, features, sharding):
@@ -289,15 +340,7 @@ def run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, wr
     data = (batch_and_lanes, jax.tree.map(put, stored), put(is_fresh))
     if packed:
       data = data + (put(index),)
-    strategy = _strategy(engine, packed)
-    key = ("state", program, packed, str(strategy), jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
-    cache = program_cache(engine)
-    with LOCK:
-      if key not in cache:
-        unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
-        cache[key] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll, strategy)
-        engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
-      compiled, zeros = cache[key]
+    compiled, zeros = _program(engine, program, chunk, packed, shared, data, rng)
     acc, metrics, nonfinite, lane_states, lane_written = compiled(zeros() if acc is None else acc, shared, data, rng)
     results.append((chunk, metrics, nonfinite))
     outputs.append((slots, lane_states, lane_written))
@@ -315,6 +358,36 @@ def run_vmap(engine, program, shared, cohort, rng, states, fresh, new_states, wr
       for target, (_, values) in zip(jax.tree.leaves(new_states), leaf_parts):
         target[positions] = values[ok]
   return acc, [(chunk, m, nf) for (chunk, _, _), (m, nf) in zip(results, host)]
+
+
+def _program(engine, program, chunk: HostLanes, packed: bool, shared, data, rng):
+  """The chunk's compiled ``(step, zeros)``: under the engine's fixed strategy, or timed once per
+  shape under ``"auto"`` (``_choose``), the choice then kept with the program and recorded in
+  ``engine.strategy_choices``."""
+  base = ("state", program, packed, jax.tree.structure((shared, data)), _shapes((shared, rng, data)))
+  cache = program_cache(engine)
+  with LOCK:
+    if base in cache:
+      return cache[base]
+    unroll = _unroll(engine, chunk.mask.shape[1]) if not packed else 1
+
+    built = {}  # strategy -> (step, zeros): the candidates', dropped but for the chosen one
+
+    def build(strategy: Strategy):
+      if str(strategy) not in built:
+        built[str(strategy)] = _compile(engine, program, shared, _abstract(data), rng, packed, unroll, strategy)
+      return built[str(strategy)]
+
+    fixed = _fixed_strategy(engine, packed)
+    strategy, record = (fixed, None) if fixed is not None else _choose(engine, program, chunk, build, shared, data, rng)
+    cache[base] = build(strategy)
+    engine.lane_shapes.add(tuple(chunk.mask.shape[:2]))
+  if record is not None:
+    runner = engine._runner
+    with runner._lock:
+      runner.choices.append(record)
+      runner._choice_programs.append(program)
+  return cache[base]
 
 
 def _pad(x: np.ndarray, size: int, value) -> np.ndarray:
