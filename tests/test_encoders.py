@@ -137,7 +137,7 @@ def test_top_k_mask_matches_a_stable_sort(d, k):
   sizes cover three counts to a reduction (d < 1,024), two (d < 32,768) and one, and k = 1 (the
   search's one-entry-away finish from the start)."""
   rng = np.random.default_rng(d)
-  x = rng.normal(size=(7, d)).astype(np.float32)
+  x = rng.normal(size=(8, d)).astype(np.float32)
   x[1] = np.round(x[1])  # many ties, at the threshold too
   x[2, : d // 2] = 0.0
   x[3] = -np.abs(x[3])
@@ -145,6 +145,7 @@ def test_top_k_mask_matches_a_stable_sort(d, k):
   x[5] = 0.0  # every entry tied
   x[6, ::3] = np.inf  # infinities, and NaNs, which rank with them
   x[6, 1::5] = np.nan
+  x[7, rng.permutation(d)[: d - k // 2]] = 0.0  # fewer than k non-zero: the k-th magnitude is 0
 
   def mask_of(v):
     return encoders._top_k_mask(v, k)

@@ -325,7 +325,7 @@ def _counts_at_or_above(keys: jax.Array, thresholds: list, width: int) -> list:
   return counts
 
 
-def _narrow(keys, need, bracket, width: int, settled=None):
+def _narrow(keys, need, bracket, width: int, settled=None, probe_one: bool = False):
   """Narrows ``bracket = (lo, hi, n_lo, n_hi)`` around the largest threshold t with
   ``count(keys >= t) >= need``.
 
@@ -336,6 +336,8 @@ def _narrow(keys, need, bracket, width: int, settled=None):
   10 bits (d < 1,024) and by 2 otherwise. It stops once ``count(keys >= lo) == need`` (``lo``
   then separates the ``need`` largest keys from the rest), once ``hi == lo + 1`` (``lo`` is the
   threshold), or once ``settled(bracket)``. Under ``vmap`` the passes run until the last row stops.
+  With ``probe_one``, a pass from ``lo == 0`` counts at 1 first: a sparse vector with fewer than
+  ``need`` non-zero magnitudes is then settled in one pass instead of a bisection down to 1.
   """
   parts = max(1, min(3, 31 // width)) + 1
 
@@ -349,6 +351,8 @@ def _narrow(keys, need, bracket, width: int, settled=None):
     span = hi - lo
     step, rest = span // parts, span % parts
     thresholds = [lo + j * step + (j * rest) // parts for j in range(1, parts)]  # ascending
+    if probe_one:
+      thresholds[0] = jnp.where(lo == 0, 1, thresholds[0])  # hi - lo >= 2: the others are >= 1
     counts = _counts_at_or_above(keys, thresholds, width)  # descending
     for t, n in zip(thresholds, counts):
       lo, n_lo = jnp.where(n >= need, t, lo), jnp.where(n >= need, n, n_lo)
@@ -402,7 +406,9 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
     columns = jnp.concatenate([top, columns[2 * half :]]) if columns.shape[0] % 2 else top
   column_max = columns[0]  # k entries, one per column
   bracket = (as_bits(jnp.min(column_max)), as_bits(jnp.max(column_max)) + 1, jnp.int32(d + 1), jnp.int32(0))
-  lo, hi, n_lo, n_hi = _narrow(bits, k, bracket, width, lambda lo, hi, n_lo, n_hi: (n_hi == k - 1) | (n_lo == k + 1))
+  lo, hi, n_lo, n_hi = _narrow(
+    bits, k, bracket, width, lambda lo, hi, n_lo, n_hi: (n_hi == k - 1) | (n_lo == k + 1), probe_one=True
+  )
   open_ = (hi - lo > 1) & (n_lo != k)
   next_below = as_bits(jnp.max(jnp.where(bits < hi, magnitude, -1.0)))  # the (n_hi + 1)-th largest
   smallest = as_bits(jnp.min(jnp.where(bits >= lo, magnitude, jnp.inf)))  # the n_lo-th largest
