@@ -89,6 +89,28 @@ def test_a_resumed_run_adopts_the_recorded_choice():
   _same(got, _round(Engine(strategy=other)))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the timed choice is made on CPU")
+def test_another_lane_count_of_a_timed_shape_takes_its_winner(monkeypatch):
+  monkeypatch.setattr(autotune, "AUTOTUNE_MIN_SECONDS", 0.0)
+  engine = Engine()
+  rng = np.random.default_rng(3)
+  data = [
+    {"x": rng.normal(size=(4, FEATURES)).astype(np.float32), "y": rng.integers(0, CLASSES, 4).astype(np.int32)}
+    for _ in range(8)
+  ]
+  model = models.logistic_regression(FEATURES, CLASSES)
+  alg = scaffold(model, 0.3, 0.7, num_clients=8, engine=engine)
+  server = alg.init(model.init(jax.random.key(0)))
+  for clients in (8, 4):  # the same per-lane program, then half the lanes: not timed again
+    cohort = make_cohort(data[:clients], BATCH, local_steps=2, lane_multiple=engine.client_multiple)
+    blank = jax.tree.map(lambda s, n=clients: np.zeros((n,) + s.shape, s.dtype), alg.state_spec(server))
+    alg.apply(server, cohort, jax.random.key(0), blank, np.ones(clients, bool))
+  timed, sibling = _state_records(engine)
+  assert set(timed["candidates"]) == {"vmap", "map:4"}
+  assert sibling["candidates"] == {} and sibling["chosen"] == timed["chosen"]
+  assert sibling["timed_at"] == timed["shape"] and sibling["shape"]["lanes"] == 4
+
+
 def test_packed_lanes_and_a_pinned_strategy_are_not_timed():
   engine = Engine()
   _round(engine, pack=True)

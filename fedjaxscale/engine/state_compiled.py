@@ -67,7 +67,8 @@ def _choose(engine: Engine, program, chunk: HostLanes, build, shared, data, rng)
   """``"auto"`` on CPU for one client a lane: ``vmap`` or ``map:4``, timed on the chunk.
 
   As the stateless path's tuner (``autotune.StrategyChooser``) does: a shape recorded by an
-  earlier process of the run is adopted; ``vmap`` runs first (twice when its first run is quick,
+  earlier process of the run is adopted, and one that differs from a timed shape only in its lane
+  count takes that winner; else ``vmap`` runs first (twice when its first run is quick,
   which pays one-off costs) and stays when a chunk takes under ``AUTOTUNE_MIN_SECONDS``; otherwise
   ``map:4`` (4 lanes' intermediate values at a time) runs too, each twice, interleaved, and
   replaces ``vmap`` only when ``AUTOTUNE_MARGIN`` faster. A ``vmap`` program over the memory
@@ -91,11 +92,16 @@ def _choose(engine: Engine, program, chunk: HostLanes, build, shared, data, rng)
   if adopted is not None:
     return adopted, {"shape": shape, "candidates": {}, "chosen": str(adopted), "adopted": True}
   vmap, grouped = Strategy("vmap"), Strategy("map", 4)
+  sibling = runner._timed_sibling(program, shape)  # the same program timed at another lane count
+  if sibling is not None and sibling["chosen"] != str(vmap):
+    return grouped, {"shape": shape, "candidates": {}, "chosen": str(grouped), "timed_at": dict(sibling["shape"])}
   stats = build(vmap)[0].memory_analysis()
   used = 0 if stats is None else stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
   budget = engine.memory_budget_bytes or default_memory_budget()
   if autotune._agreed_max(float(used > budget)) > 0:
     return grouped, {"shape": shape, "candidates": {}, "chosen": str(grouped), "vmap_bytes": int(used)}
+  if sibling is not None:
+    return vmap, {"shape": shape, "candidates": {}, "chosen": str(vmap), "timed_at": dict(sibling["shape"])}
   seconds = {str(vmap): _time(build(vmap), shared, data, rng)}
   if autotune._agreed_max(seconds[str(vmap)]) < autotune.AUTOTUNE_RETIME_SECONDS:
     seconds[str(vmap)] = min(seconds[str(vmap)], _time(build(vmap), shared, data, rng))
