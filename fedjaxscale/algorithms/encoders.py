@@ -381,9 +381,9 @@ def _top_k_mask(x: jax.Array, k: int) -> jax.Array:
   3. The entries above the k-th largest are kept and, of those equal to it, the lowest-indexed
      ones, found by ``_narrow`` over the ties' reversed indices (no pass runs without a tie).
 
-  On XLA:CPU, 1,000 logistic-regression updates of 610 numbers, k = 61, under ``vmap``: at most 5
-  passes of about 0.1 ms, 1.0 ms in all, where the earlier bit-by-bit search needed up to 24 passes
-  (2.8 ms) and ``lax.top_k`` takes 10.7 ms (``benchmarks/README.md``). The maxima and minima are
+  On XLA:CPU, 1,000 logistic-regression updates of 610 numbers, k = 61, under ``vmap``: 5-7
+  passes of about 0.1 ms for the slowest client, 1.0 ms in all, where the earlier bit-by-bit
+  search needed up to 24 passes (2.8 ms) and ``lax.top_k`` takes 10.7 ms (``benchmarks/README.md``). The maxima and minima are
   taken over float32 magnitudes: XLA:CPU's int32 max reduction is several times slower.
   """
   d = x.shape[0]
