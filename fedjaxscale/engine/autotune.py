@@ -54,26 +54,12 @@ class StrategyChooser:
       first = self._candidate(key, Strategy("vmap"), program, shared, lanes, features, rng)
       todo = strategies.candidates(jax.default_backend(), per_device, first.has_conv)
       device_features = self._device_features(features)
-      seconds, compiled, retimed = {}, [], set()
-      for s in todo if len(todo) > 1 else ():  # nothing to time when there is one candidate
-        compiled.append(self._candidate(key, s, program, shared, lanes, features, rng))
-        seconds[str(s)] = _time(compiled[-1], shared, device_features, data, rng)
-        if len(seconds) == 1:
-          if AUTOTUNE_MIN_SECONDS <= _agreed_max(seconds[str(s)]) < AUTOTUNE_RETIME_SECONDS:
-            seconds[str(s)] = min(seconds[str(s)], _time(compiled[-1], shared, device_features, data, rng))
-            retimed.add(str(s))  # warm: is it still slow enough to be worth tuning?
-          if _agreed_max(seconds[str(s)]) < AUTOTUNE_MIN_SECONDS:
-            break  # too quick to be worth more compiles
-      # A second run of each candidate after all have run once: a burst of load on the machine
-      # then hits the candidates alike, where timing each twice in a row let it sink just one.
-      best = min(seconds.values(), default=None)
-      for c in compiled if len(compiled) > 1 else ():
-        t = seconds[str(c.strategy)]
-        if str(c.strategy) in retimed:
-          continue
-        if jax.process_count() > 1 or t <= AUTOTUNE_SLOWER * best or t < AUTOTUNE_RETIME_SECONDS:
-          seconds[str(c.strategy)] = min(t, _time(c, shared, device_features, data, rng))
-      chosen = compiled[_agreed_fastest(list(seconds.values()))] if seconds else first
+
+      def timer(s: Strategy) -> float:  # compiles the candidate on its first run
+        return _time(self._candidate(key, s, program, shared, lanes, features, rng), shared, device_features, data, rng)
+
+      seconds, fastest = time_candidates(todo, timer)
+      chosen = first if fastest is None else self._candidate(key, fastest, program, shared, lanes, features, rng)
       record = {"shape": shape, "candidates": seconds, "chosen": str(chosen.strategy)}
       log.info("engine strategy for %s: %s (seconds per chunk: %s)", shape, record["chosen"], seconds)
     with self._lock:
@@ -114,6 +100,40 @@ class StrategyChooser:
     for record in choices:
       if record.get("candidates") or record.get("adopted") or record.get("timed_at"):  # chosen by timing
         self.adopted[shape_key(record["shape"])] = strategies.parse_strategy(record["chosen"])
+
+
+def time_candidates(todo: list[Strategy], timer) -> tuple[dict, Strategy | None]:
+  """Times the candidates ``todo`` (the first is the default) with ``timer(strategy) -> seconds``
+  of one chunk, as the engine's tuners do, and returns ``(seconds by str(strategy), the one to
+  keep)``; ``({}, None)`` when there is one candidate, nothing to time.
+
+  The first candidate runs again when its first run took ``AUTOTUNE_MIN_SECONDS`` to
+  ``AUTOTUNE_RETIME_SECONDS`` (a first run pays one-off costs); if it is then under
+  ``AUTOTUNE_MIN_SECONDS`` the others are not tried (a quick chunk is not worth their compiles).
+  After every candidate has run once, each runs a second time, interleaved (a burst of load then
+  hits all alike), unless it took over ``AUTOTUNE_SLOWER`` times the best; each keeps its faster
+  run. The fastest replaces the first only when ``AUTOTUNE_MARGIN`` faster (``_agreed_fastest``).
+  """
+  seconds, retimed = {}, set()
+  for s in todo if len(todo) > 1 else ():
+    seconds[str(s)] = timer(s)
+    if len(seconds) == 1:
+      if AUTOTUNE_MIN_SECONDS <= _agreed_max(seconds[str(s)]) < AUTOTUNE_RETIME_SECONDS:
+        seconds[str(s)] = min(seconds[str(s)], timer(s))
+        retimed.add(str(s))  # warm: is it still slow enough to be worth tuning?
+      if _agreed_max(seconds[str(s)]) < AUTOTUNE_MIN_SECONDS:
+        break  # too quick to be worth more compiles
+  timed = [s for s in todo if str(s) in seconds]
+  best = min(seconds.values(), default=None)
+  for s in timed if len(timed) > 1 else ():
+    t = seconds[str(s)]
+    if str(s) in retimed:
+      continue
+    if jax.process_count() > 1 or t <= AUTOTUNE_SLOWER * best or t < AUTOTUNE_RETIME_SECONDS:
+      seconds[str(s)] = min(t, timer(s))
+  if not timed:
+    return seconds, None
+  return seconds, timed[_agreed_fastest([seconds[str(s)] for s in timed])]
 
 
 def _time(compiled, shared, device_features, data, rng) -> float:

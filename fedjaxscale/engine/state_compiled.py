@@ -68,11 +68,11 @@ def _choose(engine: Engine, program, chunk: HostLanes, build, shared, data, rng)
 
   As the stateless path's tuner (``autotune.StrategyChooser``) does: a shape recorded by an
   earlier process of the run is adopted, and one that differs from a timed shape only in its lane
-  count takes that winner; else ``vmap`` runs first (twice when its first run is quick,
-  which pays one-off costs) and stays when a chunk takes under ``AUTOTUNE_MIN_SECONDS``; otherwise
-  ``map:4`` (4 lanes' intermediate values at a time) runs too, each twice, interleaved, and
-  replaces ``vmap`` only when ``AUTOTUNE_MARGIN`` faster. A ``vmap`` program over the memory
-  budget (XLA's memory analysis; this path does not cut chunks by it) is not run: ``map:4``.
+  count takes that winner; else ``vmap`` and ``map:4`` (4 lanes' intermediate values at a time)
+  are timed by the tuner's own rules (``autotune.time_candidates``: ``vmap`` stays when a chunk
+  takes under ``AUTOTUNE_MIN_SECONDS``, and gives way only to one ``AUTOTUNE_MARGIN`` faster).
+  A ``vmap`` program over the memory budget (XLA's memory analysis; this path does not cut chunks
+  by it) is not run: ``map:4``.
   ``build(strategy)`` compiles (or returns) the chunk's program under a strategy.
 
   Returns:
@@ -102,15 +102,7 @@ def _choose(engine: Engine, program, chunk: HostLanes, build, shared, data, rng)
     return grouped, {"shape": shape, "candidates": {}, "chosen": str(grouped), "vmap_bytes": int(used)}
   if sibling is not None:
     return vmap, {"shape": shape, "candidates": {}, "chosen": str(vmap), "timed_at": dict(sibling["shape"])}
-  seconds = {str(vmap): _time(build(vmap), shared, data, rng)}
-  if autotune._agreed_max(seconds[str(vmap)]) < autotune.AUTOTUNE_RETIME_SECONDS:
-    seconds[str(vmap)] = min(seconds[str(vmap)], _time(build(vmap), shared, data, rng))
-  if autotune._agreed_max(seconds[str(vmap)]) >= autotune.AUTOTUNE_MIN_SECONDS:
-    seconds[str(grouped)] = _time(build(grouped), shared, data, rng)
-    for s in (vmap, grouped):  # a second run of each, interleaved: a burst of load hits both
-      seconds[str(s)] = min(seconds[str(s)], _time(build(s), shared, data, rng))
-  order = [vmap, grouped][: len(seconds)]
-  chosen = order[autotune._agreed_fastest([seconds[str(s)] for s in order])]
+  seconds, chosen = autotune.time_candidates([vmap, grouped], lambda s: _time(build(s), shared, data, rng))
   return chosen, {"shape": shape, "candidates": seconds, "chosen": str(chosen)}
 
 
